@@ -1,0 +1,491 @@
+"""Training and test data for framepred: synthetic moving sprites, or a folder of videos.
+
+Conventions (SPEC.md, "Tensors"): frames are RGB scaled to [-1, 1] (``x / 127.5 - 1``), laid out
+(N, C, H, W) as float32. A clip of T frames is stacked on the channel axis oldest first, frame t
+channel c at channel ``3 t + c``. ``source.sample(batch, m, n, patch, rng)`` returns
+X (batch, 3m, patch, patch) and Y (batch, 3n, patch, patch); ``source.test_clips`` returns a fixed
+held-out set (count, length, 3, H, W). Training patches are kept only when they move enough
+(paper section 4.1): see ``motion`` and ``MIN_MOTION``.
+"""
+import os
+import re
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+MIN_MOTION = 1e-3  # default threshold on motion(): mean squared frame difference on [-1, 1]
+MAX_TRIES = 20     # default number of draws before the motion filter gives up (keeps the last)
+
+
+class DataError(Exception):
+    """A problem with the input data (missing, empty, corrupt, unusable); the message names it."""
+
+
+class DataWarning(UserWarning):
+    """A video was skipped (corrupt, too short or too small); training goes on without it."""
+
+
+# ----------------------------------------------------------------------------- tensor helpers
+def to_unit(frames):
+    """uint8 values 0..255 (any shape) -> float32 in [-1, 1]: ``x / 127.5 - 1``."""
+    return np.asarray(frames, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+def to_uint8(x):
+    """Inverse of ``to_unit``: values in [-1, 1] (any shape) -> uint8, rounded and clipped."""
+    return np.clip(np.rint((np.asarray(x, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def stack_frames(frames):
+    """(..., T, 3, H, W) -> (..., 3T, H, W): frame t, colour c goes to channel 3t + c."""
+    f = np.asarray(frames)
+    return f.reshape(f.shape[:-4] + (f.shape[-4] * f.shape[-3],) + f.shape[-2:])
+
+
+def unstack_frames(x, channels=3):
+    """(..., 3T, H, W) -> (..., T, 3, H, W); inverse of ``stack_frames``."""
+    x = np.asarray(x)
+    if x.shape[-3] % channels:
+        raise ValueError(f"{x.shape[-3]} channels is not a multiple of {channels}")
+    return x.reshape(x.shape[:-3] + (x.shape[-3] // channels, channels) + x.shape[-2:])
+
+
+def motion(clip):
+    """How much a clip (T, 3, H, W) on the [-1, 1] scale moves: the mean over its T-1 pairs of
+    consecutive frames of the mean squared difference. 0 for a still clip, about 0.01 for a
+    32x32 patch with one sprite edge moving 1 px, about 2.5e-4 for +-2 levels of codec noise."""
+    clip = np.asarray(clip, dtype=np.float32)
+    return float(np.mean(np.square(clip[1:] - clip[:-1]))) if len(clip) > 1 else 0.0
+
+
+def center_crop(x, h, w):
+    """Crop the last two axes of x to (h, w) around the center (rounding the offset down)."""
+    H, W = x.shape[-2:]
+    y0, x0 = (H - h) // 2, (W - w) // 2
+    return x[..., y0:y0 + h, x0:x0 + w]
+
+
+def _natural_key(name):
+    return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", str(name))]
+
+
+def _check_sample_args(batch, m, n, patch):
+    for name, v in (("batch", batch), ("m", m), ("n", n), ("patch", patch)):
+        if int(v) != v or v < 1:
+            raise DataError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _filtered(draw, min_motion, max_tries):
+    """Call draw() (-> clip (T,3,h,w)) until the clip moves more than min_motion, at most
+    max_tries times (at least once); if none does, keep the last draw."""
+    for _ in range(max(1, int(max_tries))):
+        clip = draw()
+        if motion(clip) > min_motion:
+            break
+    return clip
+
+
+def _split_xy(clips, m):
+    """(batch, m+n, 3, h, w) -> X (batch, 3m, h, w), Y (batch, 3n, h, w), float32."""
+    return (np.ascontiguousarray(stack_frames(clips[:, :m]), dtype=np.float32),
+            np.ascontiguousarray(stack_frames(clips[:, m:]), dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------- reading
+def read_frames(path):
+    """Decode a video file (.mp4 .avi .mkv .mov .webm, via imageio's ffmpeg plugin) or a folder of
+    .png/.jpg/.jpeg frames (sorted by natural order: 2.png before 10.png) into uint8 (T, H, W, 3).
+    Raises DataError naming the file when it is missing, unreadable, corrupt or empty."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"video does not exist: {p}")
+    if p.is_dir():
+        files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()),
+                       key=lambda f: _natural_key(f.name))
+        if not files:
+            raise DataError(f"no {'/'.join(IMAGE_EXTS)} frames in folder {p}")
+        from PIL import Image
+        frames = []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except Exception as e:
+                raise DataError(f"cannot read frame {f}: {e}") from e
+            if frames[-1].shape != frames[0].shape:
+                raise DataError(f"frame {f} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
+                                f"the first frame of {p} is {frames[0].shape[1]}x{frames[0].shape[0]}")
+        return np.stack(frames)
+    if p.suffix.lower() not in VIDEO_EXTS:
+        raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
+    import imageio.v2 as iio
+    frames, reader = [], None
+    try:
+        reader = iio.get_reader(str(p), format="FFMPEG")
+        for frame in reader:
+            frames.append(_rgb(frame))
+    except Exception as e:
+        if not frames:
+            raise DataError(f"cannot decode video {p}: {type(e).__name__}: {e}") from e
+        warnings.warn(f"video {p} is truncated after {len(frames)} frames ({e})", DataWarning)
+    finally:
+        if reader is not None:
+            try:
+                reader.close()
+            except Exception:
+                pass
+    if not frames:
+        raise DataError(f"video {p} has no frames")
+    return np.stack(frames)
+
+
+def _rgb(frame):
+    f = np.asarray(frame)
+    if f.ndim == 2:
+        f = f[:, :, None]
+    if f.shape[2] == 1:
+        f = np.repeat(f, 3, axis=2)
+    return np.ascontiguousarray(f[:, :, :3], dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- synthetic data
+class SyntheticVideos:
+    """Endless, deterministic synthetic videos: 2-4 textured sprites (discs or squares, with stripe,
+    checker or noise texture, distinct colours) over a smooth periodic background that is still
+    or drifts 1 px/frame. Sprites move at 1-3 px/frame (integer steps, so textures stay sharp),
+    bounce at the walls and, with probability ``p_change`` per frame, pick a new random velocity:
+    mostly predictable from the past, sometimes not (the multimodal case of paper section 2).
+
+    Clip k of the training stream is rendered from ``default_rng([seed, 0, k])`` (k drawn from the
+    caller's rng); test clip i from ``default_rng([seed, 1, i])``: the two never coincide."""
+
+    def __init__(self, seed=0, frame_size=64, min_motion=MIN_MOTION, max_tries=MAX_TRIES, p_change=0.1):
+        if int(seed) != seed or seed < 0:
+            raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+        if frame_size < 16:
+            raise DataError(f"frame_size must be at least 16, got {frame_size}")
+        self.seed, self.frame_size = int(seed), int(frame_size)
+        self.min_motion, self.max_tries, self.p_change = min_motion, max_tries, p_change
+        self.skipped = []  # never anything here; same attribute as VideoFolder
+
+    def render(self, length, key):
+        """Render the clip named by key (a tuple of non-negative ints): float32 (length, 3, S, S)
+        in [-1, 1], S = frame_size. The same key always gives the same clip."""
+        rng = np.random.default_rng([self.seed, *key])
+        S, T = self.frame_size, int(length)
+        t = np.arange(T, dtype=np.float32)[:, None, None]
+        yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
+        # background: base colour + 3 periodic sinusoids, each with its own colour, moving with v_bg
+        v_bg = np.zeros(2) if rng.random() < 0.5 else np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [1, 1],
+                                                                  [1, -1], [-1, 1], [-1, -1]])[rng.integers(8)]
+        out = np.empty((T, 3, S, S), np.float32)
+        out[:] = rng.uniform(-0.4, 0.4, 3).astype(np.float32)[None, :, None, None]
+        for _ in range(3):
+            ky, kx = rng.integers(-3, 4, 2)
+            phase = 2 * np.pi * (kx * (xx - v_bg[1] * t) + ky * (yy - v_bg[0] * t)) / S + rng.uniform(0, 2 * np.pi)
+            out += rng.uniform(-0.2, 0.2, 3).astype(np.float32)[None, :, None, None] * np.cos(phase)[:, None]
+        # sprites, drawn in order (later ones occlude earlier ones)
+        count = int(rng.integers(2, 5))
+        hues = (rng.random() + np.arange(count) / count) % 1.0
+        for i in range(count):
+            r = int(rng.integers(4, 9))
+            pos, vel = self._trajectory(rng, T, r)
+            ly = yy[None] - pos[:, 0, None, None]  # (T, S, S) coordinates relative to the sprite
+            lx = xx[None] - pos[:, 1, None, None]
+            mask = (ly ** 2 + lx ** 2 <= r * r + r) if rng.random() < 0.5 else (np.abs(ly) <= r) & (np.abs(lx) <= r)
+            kind = rng.integers(3)
+            if kind == 0:  # stripes
+                theta, period = rng.uniform(0, np.pi), rng.uniform(3, 6)
+                tex = np.cos(2 * np.pi * (lx * np.cos(theta) + ly * np.sin(theta)) / period)
+            elif kind == 1:  # checker
+                c = int(rng.integers(2, 4))
+                tex = (((lx + r) // c + (ly + r) // c) % 2) * 2 - 1
+            else:  # noise, fixed to the sprite
+                noise = rng.uniform(-1, 1, (2 * r + 1, 2 * r + 1))
+                tex = noise[np.clip(ly + r, 0, 2 * r).astype(int), np.clip(lx + r, 0, 2 * r).astype(int)]
+            colour = _hue_to_rgb(hues[i])[None, :, None, None]
+            sprite = colour * (0.65 + 0.35 * tex.astype(np.float32)[:, None])
+            out = np.where(mask[:, None], sprite, out)
+        return np.clip(out, -1, 1).astype(np.float32)
+
+    def _trajectory(self, rng, T, r):
+        """Integer positions (T, 2) (y, x) of a sprite of half-size r and its velocities (T, 2)."""
+        lo, hi = r, self.frame_size - 1 - r
+        pos = np.empty((T, 2)); vel = np.empty((T, 2))
+        p, v = rng.integers(lo, hi + 1, 2).astype(float), _velocity(rng)
+        for t in range(T):
+            if t > 0:
+                if rng.random() < self.p_change:
+                    v = _velocity(rng)
+                p = p + v
+                for a in range(2):  # bounce off the walls
+                    if p[a] < lo:
+                        p[a], v[a] = 2 * lo - p[a], -v[a]
+                    elif p[a] > hi:
+                        p[a], v[a] = 2 * hi - p[a], -v[a]
+            pos[t], vel[t] = p, v
+        return pos, vel
+
+    def sample(self, batch, m, n, patch, rng):
+        """Random training patches: X float32 (batch, 3m, patch, patch), Y float32
+        (batch, 3n, patch, patch) in [-1, 1], frames stacked oldest first (channel 3t + c). Each
+        sample is a fresh clip of m+n frames and a random patch location, redrawn (up to max_tries
+        draws) until motion() > min_motion. Deterministic given rng's state and self.seed."""
+        _check_sample_args(batch, m, n, patch)
+        if patch > self.frame_size:
+            raise DataError(f"patch {patch} is larger than the synthetic frame size {self.frame_size}")
+        S = self.frame_size
+
+        def draw():
+            clip = self.render(m + n, (0, int(rng.integers(2 ** 62))))
+            y, x = rng.integers(0, S - patch + 1, 2)
+            return clip[:, :, y:y + patch, x:x + patch]
+        clips = np.stack([_filtered(draw, self.min_motion, self.max_tries) for _ in range(batch)])
+        return _split_xy(clips, m)
+
+    def test_clips(self, count, length, size=None):
+        """The fixed held-out set: float32 (count, length, 3, H, W) in [-1, 1], clip i rendered from
+        key (1, i). size: optional (H, W) center crop; default the whole frame with its sides
+        cropped down to multiples of 8."""
+        S = self.frame_size
+        h, w = (S // 8 * 8, S // 8 * 8) if size is None else (int(size[0]), int(size[1]))
+        if not (0 < h <= S and 0 < w <= S):
+            raise DataError(f"test clip size {size} does not fit in the {S}x{S} synthetic frames")
+        clips = [center_crop(self.render(length, (1, i)), h, w) for i in range(int(count))]
+        return np.stack(clips) if clips else np.zeros((0, int(length), 3, h, w), np.float32)
+
+
+def _velocity(rng):
+    """A random integer velocity (vy, vx), each in -3..3, not both zero."""
+    while True:
+        v = rng.integers(-3, 4, 2).astype(float)
+        if v.any():
+            return v
+
+
+def _hue_to_rgb(h):
+    """A saturated colour of hue h in [0, 1) as float32 (3,) in [-0.9, 0.9]."""
+    rgb = np.clip(np.abs((h * 6 + np.array([0.0, 4.0, 2.0])) % 6 - 3) - 1, 0, 1)
+    return (rgb * 1.8 - 0.9).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- video folders
+def find_videos(root):
+    """All videos under root, recursively, in sorted (natural) order: video files by extension
+    (case-insensitive) and frame folders (directories directly holding .png/.jpg/.jpeg files)."""
+    found = []
+    for d, dirs, files in os.walk(root):
+        dirs.sort(key=_natural_key)
+        names = sorted(files, key=_natural_key)
+        if any(Path(f).suffix.lower() in IMAGE_EXTS for f in names):
+            found.append(Path(d))
+        found += [Path(d) / f for f in names if Path(f).suffix.lower() in VIDEO_EXTS]
+    return found
+
+
+def _read_split_list(path):
+    """Entries of a UCF101-style list ('Class/v_Class_g01_c01.avi[ index]'), in order, as
+    lower-case relative paths without a video extension."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"split list does not exist: {p}")
+    try:
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read split list {p}: {e}") from e
+    return [_list_key(ln.split()[0]) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def _list_key(rel):
+    rel = rel.replace("\\", "/").strip("/").lower()
+    return rel[: -len(Path(rel).suffix)] if Path(rel).suffix in VIDEO_EXTS else rel
+
+
+class VideoFolder:
+    """Videos found recursively under ``path`` (see find_videos), e.g. UCF101 as downloaded.
+
+    Train/test split: with ``split_list`` (UCF101 testlist01.txt format), the listed videos are
+    the test set, in list order, thinned to every ``every_nth`` one (1st, 11th, ... for 10), and all
+    the others are the training set. Entries match by relative path (a suffix of it, ignoring
+    case and the video extension), else by file name. Without a split list the last 10% of the
+    videos (at least one) are held out as the test set (thinned by every_nth); a lone video is
+    split in time: its first 80% of frames for training, the rest for testing.
+    ``subset`` ("train" or "test") picks which set ``sample`` draws from; ``test_clips`` always
+    uses the test set.
+
+    Videos are decoded lazily, once, into uint8 frames kept in an LRU cache of at most
+    ``cache_mib`` MiB (a video bigger than that is decoded every time). Corrupt videos, videos
+    with too few frames and videos smaller than the patch are skipped with a DataWarning and
+    recorded in ``self.skipped`` as (path, reason); ``self.decodes`` counts decodes."""
+
+    def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=1024,
+                 min_motion=MIN_MOTION, max_tries=MAX_TRIES):
+        root = Path(path)
+        if not root.exists():
+            raise DataError(f"video folder does not exist: {root}")
+        if not root.is_dir():
+            raise DataError(f"not a folder: {root} (give the folder that holds the videos)")
+        if subset not in ("train", "test"):
+            raise DataError(f"subset must be 'train' or 'test', got {subset!r}")
+        if int(every_nth) != every_nth or every_nth < 1:
+            raise DataError(f"every_nth must be a positive integer, got {every_nth!r}")
+        self.root, self.subset, self.min_motion, self.max_tries = root, subset, min_motion, max_tries
+        self.cache_bytes, self.decodes, self.skipped = int(cache_mib * 2 ** 20), 0, []
+        self._cache, self._bad = OrderedDict(), {}
+        videos = find_videos(root)
+        if not videos:
+            raise DataError(f"no videos in {root}: searched recursively for {' '.join(VIDEO_EXTS)} "
+                            f"files and folders of {' '.join(IMAGE_EXTS)} frames")
+        # an entry is (path, part): part None = all frames, "head"/"tail" = first 80% / the rest
+        if split_list is not None:
+            train, test = self._split_by_list(videos, split_list)
+        elif len(videos) >= 2:
+            k = max(1, len(videos) // 10)
+            train, test = [(v, None) for v in videos[:-k]], [(v, None) for v in videos[-k:]]
+        else:
+            train, test = [(videos[0], "head")], [(videos[0], "tail")]
+        self.train_videos, self.test_videos = train, test[::int(every_nth)]
+        self.videos = list(self.train_videos if subset == "train" else self.test_videos)
+        if not self.videos:
+            raise DataError(f"the {subset} subset of {root} is empty"
+                            + (f" (split list {split_list})" if split_list is not None else ""))
+
+    def _split_by_list(self, videos, split_list):
+        index = {}  # every path suffix (lower case, no video extension) -> videos
+        for v in videos:
+            parts = _list_key(v.relative_to(self.root).as_posix()).split("/")
+            for i in range(len(parts)):
+                index.setdefault("/".join(parts[i:]), []).append(v)
+        listed, missing = [], []
+        for key in _read_split_list(split_list):
+            hits = index.get(key) or index.get(key.rsplit("/", 1)[-1])
+            (listed.extend(hits) if hits else missing.append(key))
+        listed = list(dict.fromkeys(listed))
+        if missing:
+            warnings.warn(f"{len(missing)} entries of split list {split_list} are not under {self.root} "
+                          f"(e.g. {missing[0]})", DataWarning, stacklevel=3)
+        if not listed:
+            raise DataError(f"no entry of split list {split_list} matches a video under {self.root}")
+        chosen = set(listed)
+        return [(v, None) for v in videos if v not in chosen], [(v, None) for v in listed]
+
+    def _load(self, entry):
+        """uint8 (T, H, W, 3) frames of an entry, through the LRU cache; DataError if unreadable."""
+        path, part = entry
+        frames = self._cache.get(path)
+        if frames is None:
+            frames = read_frames(path)
+            self.decodes += 1
+            if frames.nbytes <= self.cache_bytes:
+                self._cache[path] = frames
+                while sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
+                    self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(path)
+        cut = int(round(len(frames) * 0.8))
+        return frames if part is None else frames[:cut] if part == "head" else frames[cut:]
+
+    def _get(self, entry, min_len, min_hw):
+        """Frames of entry if it is readable, has min_len frames and is at least min_hw (h, w);
+        else None, after a DataWarning and an entry in self.skipped (once per entry)."""
+        if entry in self._bad:
+            return None
+        try:
+            frames = self._load(entry)
+        except DataError as e:
+            reason = str(e)
+        else:
+            T, H, W = frames.shape[:3]
+            if T < min_len:
+                reason = f"only {T} frames, {min_len} needed"
+            elif H < min_hw[0] or W < min_hw[1]:
+                reason = f"frames of {W}x{H} are smaller than {min_hw[1]}x{min_hw[0]}"
+            else:
+                return frames
+        self._bad[entry] = reason
+        self.skipped.append((str(entry[0]), reason))
+        warnings.warn(f"skipping video {entry[0]}: {reason}", DataWarning, stacklevel=3)
+        return None
+
+    def sample(self, batch, m, n, patch, rng):
+        """Random training patches from random videos of the subset: X float32 (batch, 3m, patch,
+        patch), Y float32 (batch, 3n, patch, patch) in [-1, 1], channel 3t + c. Each sample: a video
+        drawn uniformly, then m+n consecutive frames at a random start and a random patch location,
+        redrawn in that video (up to max_tries draws) until motion() > min_motion. Unusable videos
+        are dropped for good; DataError when none is left. Deterministic given rng's state."""
+        _check_sample_args(batch, m, n, patch)
+        clips = []
+        try:
+            while len(clips) < batch:
+                if not self.videos:
+                    raise DataError(f"no usable video left in {self.root} ({len(self.skipped)} skipped"
+                                    + (f", e.g. {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ")"))
+                entry = self.videos[int(rng.integers(len(self.videos)))]
+                frames = self._get(entry, m + n, (patch, patch))
+                if frames is None:
+                    self.videos.remove(entry)
+                    continue
+                T, H, W = frames.shape[:3]
+
+                def draw():
+                    t, y, x = rng.integers(T - m - n + 1), rng.integers(H - patch + 1), rng.integers(W - patch + 1)
+                    return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
+                clips.append(_filtered(draw, self.min_motion, self.max_tries))
+        except DataError:
+            raise
+        except Exception as e:  # never a raw numpy/imageio traceback
+            raise DataError(f"sampling from {self.root} failed: {type(e).__name__}: {e}") from e
+        return _split_xy(np.stack(clips), m)
+
+    def test_clips(self, count, length, size=None):
+        """The fixed held-out set: float32 (at most count, length, 3, H, W) in [-1, 1]. Clip i is
+        frames [0, length) of the i-th usable test video; if more clips are wanted than there are
+        videos, later non-overlapping windows follow, round robin. size: (H, W) center crop;
+        default the largest size all clips share, cropped down to multiples of 8. Warns when
+        fewer than count clips can be made; DataError when none can."""
+        count, length = int(count), int(length)
+        min_hw = (8, 8) if size is None else (int(size[0]), int(size[1]))
+        plan, usable = [], []  # plan: (entry, window index)
+        for entry in self.test_videos:
+            if len(plan) >= count:
+                break
+            frames = self._get(entry, length, min_hw)
+            if frames is not None:
+                plan.append((entry, 0))
+                usable.append((entry, len(frames)))
+        w = 1
+        while len(plan) < count and any(T >= (w + 1) * length for _, T in usable):
+            plan += [(e, w) for e, T in usable if T >= (w + 1) * length][: count - len(plan)]
+            w += 1
+        if not plan:
+            raise DataError(f"no usable test video with {length} frames of at least "
+                            f"{min_hw[1]}x{min_hw[0]} in {self.root}")
+        if len(plan) < count:
+            warnings.warn(f"only {len(plan)} test clips of {length} frames in {self.root}, "
+                          f"{count} asked for", DataWarning, stacklevel=2)
+        crops = [None] * len(plan)
+        for entry in dict.fromkeys(e for e, _ in plan):  # decode each video once
+            frames = self._load(entry)
+            for i, (e, w) in enumerate(plan):
+                if e == entry:
+                    crops[i] = frames[w * length:(w + 1) * length].transpose(0, 3, 1, 2)
+        if size is None:
+            h = min(c.shape[-2] for c in crops) // 8 * 8
+            w_ = min(c.shape[-1] for c in crops) // 8 * 8
+        else:
+            h, w_ = min_hw
+        return np.stack([to_unit(center_crop(c, h, w_)) for c in crops])
+
+
+def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024):
+    """The data source for training and evaluation: SyntheticVideos(seed) when path is None,
+    else VideoFolder(path, split_list, every_nth, subset, cache_mib)."""
+    if path is None:
+        if split_list is not None:
+            raise DataError("a split list needs a video folder (path)")
+        return SyntheticVideos(seed)
+    return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib)

@@ -1,0 +1,312 @@
+"""The NumPy backend: every op's forward and backward, written by hand.
+
+This file is the reference. The CUDA kernels in this folder (cupy_ops.py) offer the
+same names and signatures and are tested against these functions.
+
+Conventions (as in the cs231n layer files):
+    out, cache = op_forward(x, ...)
+    dx, ...    = op_backward(dout, cache)
+Losses return (value, gradient) in one call. Arrays are (N, C, H, W) images or (N, D)
+vectors, float32 in training and float64 in the gradient checks: every op keeps the
+dtype it is given.
+"""
+import numpy as np
+
+xp = np
+name = "cpu"
+
+
+def _check_rank(x, rank, what):
+    if x.ndim != rank:
+        raise ValueError(f"{what}: expected a {rank}-d array, got shape {tuple(x.shape)}")
+
+
+# --------------------------------------------------------------------------- conv2d
+def conv_output_size(h, w, k, mode):
+    """Output side for stride 1: 'same' keeps (h, w); 'valid' gives (h - k + 1, w - k + 1)."""
+    if mode == "same":
+        return h, w
+    return h - k + 1, w - k + 1
+
+
+def conv_check(x_shape, w_shape, mode):
+    """Raise a clear ValueError for inputs conv2d cannot take; return the padding."""
+    if len(x_shape) != 4:
+        raise ValueError(f"conv2d: x must be (N, C, H, W), got shape {tuple(x_shape)}")
+    if len(w_shape) != 4:
+        raise ValueError(f"conv2d: weight must be (C_out, C_in, kh, kw), got shape {tuple(w_shape)}")
+    _, c, h, w = x_shape
+    c_out, c_in, kh, kw = w_shape
+    if c != c_in:
+        raise ValueError(f"conv2d: x has {c} channels but the weight expects {c_in}")
+    if kh != kw:
+        raise ValueError(f"conv2d: only square kernels are supported, got {kh}x{kw}")
+    if mode == "same":
+        if kh % 2 == 0:
+            raise ValueError(f"conv2d 'same' needs an odd kernel, got {kh}")
+        return kh // 2
+    if mode == "valid":
+        if kh > h or kw > w:
+            raise ValueError(f"conv2d 'valid': kernel {kh}x{kw} is larger than the input {h}x{w}")
+        return 0
+    raise ValueError(f"conv2d: mode must be 'same' or 'valid', got {mode!r}")
+
+
+def im2col(x, k, pad):
+    """Unfold every k x k window of x into one row.
+
+    x: (N, C, H, W) -> cols: (N*Ho*Wo, C*k*k), Ho = H + 2 pad - k + 1.
+    Row n*Ho*Wo + y*Wo + x0 holds window (y, x0) of sample n; column c*k*k + i*k + j
+    holds x_padded[n, c, y + i, x0 + j]. The CUDA im2col writes the same layout.
+    """
+    n, c, h, w = x.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    windows = np.lib.stride_tricks.sliding_window_view(xp_, (k, k), axis=(2, 3))
+    # windows: (N, C, Ho, Wo, k, k) -> (N, Ho, Wo, C, k, k), one copy
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * k * k)
+
+
+def col2im(cols, x_shape, k, pad):
+    """Adjoint of im2col: add every window's entries back onto the pixels they came from.
+
+    cols: (N*Ho*Wo, C*k*k) -> dx: (N, C, H, W). A sum of k*k shifted slices (a loop over
+    kernel taps, not pixels), so it is deterministic; the CUDA version is a gather with one
+    thread per dx element.
+    """
+    n, c, h, w = x_shape
+    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    cols6 = cols.reshape(n, ho, wo, c, k, k).transpose(0, 3, 4, 5, 1, 2)  # (N, C, k, k, Ho, Wo)
+    dxp = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
+    for i in range(k):
+        for j in range(k):
+            dxp[:, :, i:i + ho, j:j + wo] += cols6[:, :, i, j]
+    return dxp[:, :, pad:pad + h, pad:pad + w]
+
+
+def conv2d_forward(x, w, b, mode):
+    """Stride-1 convolution (cross-correlation, as in Torch), one GEMM.
+
+    x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,)
+    mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's).
+    out: (N, C_out, Ho, Wo), Ho = H for 'same', H - k + 1 for 'valid'.
+    """
+    pad = conv_check(x.shape, w.shape, mode)
+    n, _, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    ho, wo = conv_output_size(h, wd, k, mode)
+    cols = im2col(x, k, pad)                                    # (N*Ho*Wo, C_in*k*k)
+    out = cols @ w.reshape(c_out, -1).T + b                     # (N*Ho*Wo, C_out)
+    out = out.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2)
+    # The backward recomputes cols from x: memory for one layer's cols, not every layer's.
+    return np.ascontiguousarray(out), (x, w, pad)
+
+
+def conv2d_backward(dout, cache, need_dx=True):
+    """dout: (N, C_out, Ho, Wo) -> dx (N, C_in, H, W) or None, dw (C_out, C_in, k, k), db (C_out,).
+
+    need_dx=False skips the input gradient (G's first layers see only data).
+    """
+    x, w, pad = cache
+    c_out, _, k, _ = w.shape
+    cols = im2col(x, k, pad)
+    dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, c_out)     # (N*Ho*Wo, C_out)
+    dw = (dout_mat.T @ cols).reshape(w.shape)
+    db = dout_mat.sum(axis=0)
+    dx = col2im(dout_mat @ w.reshape(c_out, -1), x.shape, k, pad) if need_dx else None
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------- fully connected
+def fc_forward(x, w, b):
+    """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out: (N, D_out) = x w^T + b."""
+    _check_rank(x, 2, "fc")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
+    return x @ w.T + b, (x, w)
+
+
+def fc_backward(dout, cache):
+    """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in), db (D_out,)."""
+    x, w = cache
+    return dout @ w, dout.T @ x, dout.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- activations
+def relu_forward(x):
+    """Any shape. The gradient at exactly 0 is taken as 0."""
+    mask = x > 0
+    return x * mask, mask
+
+
+def relu_backward(dout, cache):
+    return dout * cache
+
+
+def tanh_forward(x):
+    out = np.tanh(x)
+    return out, out
+
+
+def tanh_backward(dout, cache):
+    return dout * (1 - cache * cache)
+
+
+def sigmoid_forward(x):
+    # exp of a non-positive number only: no overflow for any x
+    e = np.exp(-np.abs(x))
+    out = np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    return out, out
+
+
+def sigmoid_backward(dout, cache):
+    return dout * cache * (1 - cache)
+
+
+# --------------------------------------------------------------------------- resampling
+def avgpool_forward(x, f):
+    """SPEC's d_k: average over f x f blocks. x: (N, C, H, W), H and W divisible by f -> (N, C, H/f, W/f)."""
+    _check_rank(x, 4, "avgpool")
+    n, c, h, w = x.shape
+    if h % f or w % f:
+        raise ValueError(f"avgpool by {f}: the sides {h}x{w} must divide by {f}")
+    return x.reshape(n, c, h // f, f, w // f, f).mean(axis=(3, 5)), (x.shape, f)
+
+
+def avgpool_backward(dout, cache):
+    (n, c, h, w), f = cache
+    d = np.broadcast_to(dout[:, :, :, None, :, None] / (f * f), (n, c, h // f, f, w // f, f))
+    return d.reshape(n, c, h, w)
+
+
+def upsample_forward(x, f):
+    """SPEC's u_k: nearest-neighbour upscaling by f. x: (N, C, H, W) -> (N, C, H f, W f)."""
+    _check_rank(x, 4, "upsample")
+    n, c, h, w = x.shape
+    out = np.broadcast_to(x[:, :, :, None, :, None], (n, c, h, f, w, f)).reshape(n, c, h * f, w * f)
+    return out, f
+
+
+def upsample_backward(dout, cache):
+    f = cache
+    n, c, h, w = dout.shape
+    return dout.reshape(n, c, h // f, f, w // f, f).sum(axis=(3, 5))
+
+
+def maxpool2_forward(x):
+    """2x2 max pooling, stride 2 (D's scale 4). x: (N, C, H, W) -> (N, C, H//2, W//2).
+
+    An odd last row or column is dropped, as in Torch. On a tie the gradient goes to the
+    first maximal input of the window in row-major order (argmax's choice).
+    """
+    _check_rank(x, 4, "maxpool2")
+    n, c, h, w = x.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"maxpool2: input {h}x{w} is smaller than the 2x2 window")
+    ho, wo = h // 2, w // 2
+    blocks = x[:, :, :2 * ho, :2 * wo].reshape(n, c, ho, 2, wo, 2).transpose(0, 1, 2, 4, 3, 5)
+    blocks = blocks.reshape(n, c, ho, wo, 4)
+    arg = blocks.argmax(axis=4)
+    out = np.take_along_axis(blocks, arg[..., None], axis=4)[..., 0]
+    return out, (x.shape, arg)
+
+
+def maxpool2_backward(dout, cache):
+    (n, c, h, w), arg = cache
+    ho, wo = h // 2, w // 2
+    onehot = (arg[..., None] == np.arange(4)) * dout[..., None]  # (N, C, Ho, Wo, 4)
+    dx = np.zeros((n, c, h, w), dtype=dout.dtype)
+    dx[:, :, :2 * ho, :2 * wo] = onehot.reshape(n, c, ho, wo, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(
+        n, c, 2 * ho, 2 * wo)
+    return dx
+
+
+# --------------------------------------------------------------------------- plumbing
+def concat_forward(xs):
+    """Channel concatenation, history first (SPEC). xs: list of (N, C_i, H, W) -> (N, sum C_i, H, W)."""
+    return np.concatenate(xs, axis=1), [x.shape[1] for x in xs]
+
+
+def concat_backward(dout, cache):
+    """-> list of dx_i (N, C_i, H, W), the split of dout."""
+    return np.split(dout, np.cumsum(cache)[:-1], axis=1)
+
+
+def flatten_forward(x):
+    """(N, C, H, W) -> (N, C*H*W), C order (SPEC's checkpoint layout for D's first fc)."""
+    return x.reshape(x.shape[0], -1), x.shape
+
+
+def flatten_backward(dout, cache):
+    return dout.reshape(cache)
+
+
+# --------------------------------------------------------------------------- losses
+def _check_pair(pred, target, what):
+    if pred.shape != target.shape:
+        raise ValueError(f"{what}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+
+
+def lp_loss(pred, target, p):
+    """SPEC's L_p = mean |pred - target|^p, p in {1, 2}. -> (loss, dpred).
+
+    For p = 1 the gradient at pred == target is taken as 0.
+    """
+    _check_pair(pred, target, "lp_loss")
+    d = pred - target
+    if p == 1:
+        return np.abs(d).mean(), np.sign(d) / d.size
+    if p == 2:
+        return (d * d).mean(), 2 * d / d.size
+    raise ValueError(f"lp_loss: p must be 1 or 2, got {p}")
+
+
+def gdl_loss(pred, target, alpha):
+    """The gradient difference loss (paper section 3, SPEC). pred, target: (N, C, H, W).
+
+    L = mean over vertical neighbour pairs of | |Y_ij - Y_(i-1)j| - |P_ij - P_(i-1)j| |^alpha
+      + the same mean over horizontal pairs; alpha in {1, 2}. A side of 1 has no pairs and
+    adds nothing. -> (loss, dpred). Kinks (|.| at 0) take the gradient 0.
+    """
+    _check_pair(pred, target, "gdl_loss")
+    if alpha not in (1, 2):
+        raise ValueError(f"gdl_loss: alpha must be 1 or 2, got {alpha}")
+    loss = 0.0
+    dpred = np.zeros_like(pred)
+    for axis in (2, 3):                                   # vertical pairs, then horizontal
+        if pred.shape[axis] < 2:
+            continue
+        gp = np.diff(pred, axis=axis)                     # P_i - P_(i-1)
+        r = np.abs(np.diff(target, axis=axis)) - np.abs(gp)
+        loss += (np.abs(r) ** alpha).mean()
+        dr = (np.sign(r) if alpha == 1 else 2 * r) / r.size
+        dgp = -dr * np.sign(gp)
+        lo = [slice(None)] * 4
+        hi = [slice(None)] * 4
+        lo[axis], hi[axis] = slice(0, -1), slice(1, None)
+        dpred[tuple(hi)] += dgp
+        dpred[tuple(lo)] -= dgp
+    return loss, dpred
+
+
+def bce_logits_loss(logits, target):
+    """SPEC's L_bce(sigmoid(z), t) = -(t log p + (1 - t) log(1 - p)), mean over the batch,
+    computed from the pre-sigmoid z as max(z, 0) - z t + log(1 + exp(-|z|)), so it is finite
+    for any z. logits: (N, 1); target: a scalar 0 or 1 or an array like logits.
+    -> (loss, dlogits), dlogits = (sigmoid(z) - t) / N.
+    """
+    t = np.broadcast_to(np.asarray(target, dtype=logits.dtype), logits.shape)
+    loss = (np.maximum(logits, 0) - logits * t + np.log1p(np.exp(-np.abs(logits)))).mean()
+    prob, _ = sigmoid_forward(logits)
+    return loss, (prob - t) / logits.size
+
+
+# --------------------------------------------------------------------------- backend plumbing
+def asarray(a, dtype=None):
+    """Host array -> this backend's array."""
+    return np.asarray(a, dtype=dtype)
+
+
+def to_host(a):
+    """This backend's array -> NumPy array."""
+    return np.asarray(a)
