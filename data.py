@@ -74,9 +74,11 @@ def _natural_key(name):
 
 
 def _check_sample_args(batch, m, n, patch):
+    """The four sizes as ints; DataError unless each is a positive integer."""
     for name, v in (("batch", batch), ("m", m), ("n", n), ("patch", patch)):
-        if int(v) != v or v < 1:
+        if not isinstance(v, (int, np.integer)) or v < 1:
             raise DataError(f"{name} must be a positive integer, got {v!r}")
+    return int(batch), int(m), int(n), int(patch)
 
 
 def _filtered(draw, min_motion, max_tries):
@@ -123,33 +125,33 @@ def read_frames(path):
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
     import imageio.v2 as iio
-    frames, reader = [], None
+    frames = []
     try:
-        reader = iio.get_reader(str(p), format="FFMPEG")
-        for frame in reader:
-            frames.append(_rgb(frame))
-    except Exception as e:
+        with iio.get_reader(str(p), format="FFMPEG") as reader:
+            for frame in reader:
+                frames.append(_rgb(frame))
+    except Exception as e:  # ffmpeg's errors come as OSError, RuntimeError, IndexError...
         if not frames:
-            raise DataError(f"cannot decode video {p}: {type(e).__name__}: {e}") from e
-        warnings.warn(f"video {p} is truncated after {len(frames)} frames ({e})", DataWarning)
-    finally:
-        if reader is not None:
-            try:
-                reader.close()
-            except Exception:
-                pass
+            raise DataError(f"cannot decode video {p}: {_brief(e)}") from e
+        warnings.warn(f"video {p} is truncated after {len(frames)} frames ({_brief(e)})", DataWarning)
     if not frames:
         raise DataError(f"video {p} has no frames")
     return np.stack(frames)
 
 
+def _brief(e):
+    """A one-line account of an exception (ffmpeg's errors carry its whole log)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = lines[0] if lines else ""
+    if len(lines) > 1 and lines[-1] != msg:
+        msg += " ... " + lines[-1]
+    return f"{type(e).__name__}: {msg}"[:300]
+
+
 def _rgb(frame):
-    f = np.asarray(frame)
-    if f.ndim == 2:
-        f = f[:, :, None]
-    if f.shape[2] == 1:
-        f = np.repeat(f, 3, axis=2)
-    return np.ascontiguousarray(f[:, :, :3], dtype=np.uint8)
+    """A decoded frame (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) -> uint8 (H, W, 3)."""
+    f = np.asarray(frame).reshape(frame.shape[:2] + (-1,))
+    return np.ascontiguousarray(np.repeat(f, 3, axis=2) if f.shape[2] == 1 else f[:, :, :3], dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- synthetic data
@@ -157,15 +159,16 @@ class SyntheticVideos:
     """Endless, deterministic synthetic videos: 2-4 textured sprites (discs or squares, with stripe,
     checker or noise texture, distinct colours) over a smooth periodic background that is still
     or drifts 1 px/frame. Sprites move at 1-3 px/frame (integer steps, so textures stay sharp),
-    bounce at the walls and, with probability ``p_change`` per frame, pick a new random velocity:
+    (per axis) bounce at the walls and, with probability ``p_change`` per frame, pick a new velocity:
     mostly predictable from the past, sometimes not (the multimodal case of paper section 2).
 
     Clip k of the training stream is rendered from ``default_rng([seed, 0, k])`` (k drawn from the
-    caller's rng); test clip i from ``default_rng([seed, 1, i])``: the two never coincide."""
+    caller's rng); test clip i from ``default_rng([seed, 1, i])``: the two never coincide. Sprite j
+    of a clip moves by its own stream ``[seed, *key, 1 + j]``, so shorter clips are prefixes."""
 
     def __init__(self, seed=0, frame_size=64, min_motion=MIN_MOTION, max_tries=MAX_TRIES, p_change=0.1):
-        if int(seed) != seed or seed < 0:
-            raise DataError(f"seed must be a non-negative integer, got {seed!r}")
+        if int(seed) != seed or not 0 <= seed < 2 ** 32:  # one 32-bit word: keys stay apart
+            raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         if frame_size < 16:
             raise DataError(f"frame_size must be at least 16, got {frame_size}")
         self.seed, self.frame_size = int(seed), int(frame_size)
@@ -174,49 +177,54 @@ class SyntheticVideos:
 
     def render(self, length, key):
         """Render the clip named by key (a tuple of non-negative ints): float32 (length, 3, S, S)
-        in [-1, 1], S = frame_size. The same key always gives the same clip."""
+        in [-1, 1], S = frame_size. The same key always gives the same clip, and a shorter clip
+        is the start of a longer one (trajectories draw from their own streams)."""
         rng = np.random.default_rng([self.seed, *key])
         S, T = self.frame_size, int(length)
         t = np.arange(T, dtype=np.float32)[:, None, None]
-        yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
         # background: base colour + 3 periodic sinusoids, each with its own colour, moving with v_bg
-        v_bg = np.zeros(2) if rng.random() < 0.5 else np.array([[1, 0], [-1, 0], [0, 1], [0, -1], [1, 1],
-                                                                  [1, -1], [-1, 1], [-1, -1]])[rng.integers(8)]
+        # (cos(a + b) = cos a cos b - sin a sin b keeps the work on (T, S) vectors)
+        dirs = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
+        vy, vx = (0, 0) if rng.random() < 0.5 else dirs[rng.integers(8)]
         out = np.empty((T, 3, S, S), np.float32)
         out[:] = rng.uniform(-0.4, 0.4, 3).astype(np.float32)[None, :, None, None]
+        s = np.arange(S, dtype=np.float32)
         for _ in range(3):
-            ky, kx = rng.integers(-3, 4, 2)
-            phase = 2 * np.pi * (kx * (xx - v_bg[1] * t) + ky * (yy - v_bg[0] * t)) / S + rng.uniform(0, 2 * np.pi)
-            out += rng.uniform(-0.2, 0.2, 3).astype(np.float32)[None, :, None, None] * np.cos(phase)[:, None]
+            ky, kx = (int(k) for k in rng.integers(-3, 4, 2))
+            a = (2 * np.pi / S) * kx * (s[None, None, :] - vx * t) + float(rng.uniform(0, 2 * np.pi))  # (T,1,S)
+            b = (2 * np.pi / S) * ky * (s[None, :, None] - vy * t)  # (T,S,1)
+            wave = np.cos(a) * np.cos(b) - np.sin(a) * np.sin(b)
+            out += rng.uniform(-0.2, 0.2, 3).astype(np.float32)[None, :, None, None] * wave[:, None]
         # sprites, drawn in order (later ones occlude earlier ones)
         count = int(rng.integers(2, 5))
         hues = (rng.random() + np.arange(count) / count) % 1.0
+        ly, lx = np.mgrid[-8:9, -8:9].astype(np.float32)  # sprite-local coordinates
         for i in range(count):
             r = int(rng.integers(4, 9))
-            pos, vel = self._trajectory(rng, T, r)
-            ly = yy[None] - pos[:, 0, None, None]  # (T, S, S) coordinates relative to the sprite
-            lx = xx[None] - pos[:, 1, None, None]
-            mask = (ly ** 2 + lx ** 2 <= r * r + r) if rng.random() < 0.5 else (np.abs(ly) <= r) & (np.abs(lx) <= r)
+            pos = self._trajectory(np.random.default_rng([self.seed, *key, 1 + i]), T, r)
+            y, x = ly[8 - r:9 + r, 8 - r:9 + r], lx[8 - r:9 + r, 8 - r:9 + r]
+            mask = (y ** 2 + x ** 2 <= r * r + r) if rng.random() < 0.5 else np.ones(y.shape, bool)
             kind = rng.integers(3)
             if kind == 0:  # stripes
-                theta, period = rng.uniform(0, np.pi), rng.uniform(3, 6)
-                tex = np.cos(2 * np.pi * (lx * np.cos(theta) + ly * np.sin(theta)) / period)
+                theta, period = float(rng.uniform(0, np.pi)), float(rng.uniform(3, 6))
+                tex = np.cos(2 * np.pi * (x * np.cos(theta) + y * np.sin(theta)) / period)
             elif kind == 1:  # checker
                 c = int(rng.integers(2, 4))
-                tex = (((lx + r) // c + (ly + r) // c) % 2) * 2 - 1
-            else:  # noise, fixed to the sprite
-                noise = rng.uniform(-1, 1, (2 * r + 1, 2 * r + 1))
-                tex = noise[np.clip(ly + r, 0, 2 * r).astype(int), np.clip(lx + r, 0, 2 * r).astype(int)]
-            colour = _hue_to_rgb(hues[i])[None, :, None, None]
-            sprite = colour * (0.65 + 0.35 * tex.astype(np.float32)[:, None])
-            out = np.where(mask[:, None], sprite, out)
-        return np.clip(out, -1, 1).astype(np.float32)
+                tex = (((x + r) // c + (y + r) // c) % 2) * 2 - 1
+            else:  # noise
+                tex = rng.uniform(-1, 1, y.shape)
+            # the sprite's look is fixed (texture moves with it), positions are integers: paste it
+            sprite = _hue_to_rgb(hues[i])[:, None, None] * (0.65 + 0.35 * tex.astype(np.float32))
+            for t, (py, px) in enumerate(pos):
+                np.copyto(out[t, :, py - r:py + r + 1, px - r:px + r + 1], sprite, where=mask)
+        return np.clip(out, -1, 1, out=out)
 
     def _trajectory(self, rng, T, r):
-        """Integer positions (T, 2) (y, x) of a sprite of half-size r and its velocities (T, 2)."""
+        """Integer (y, x) centres (T, 2) of a sprite of half-size r: constant velocity, bouncing
+        off the walls, a new random velocity with probability p_change at each frame."""
         lo, hi = r, self.frame_size - 1 - r
-        pos = np.empty((T, 2)); vel = np.empty((T, 2))
-        p, v = rng.integers(lo, hi + 1, 2).astype(float), _velocity(rng)
+        pos = np.empty((T, 2), np.int64)
+        p, v = rng.integers(lo, hi + 1, 2), _velocity(rng)
         for t in range(T):
             if t > 0:
                 if rng.random() < self.p_change:
@@ -227,15 +235,15 @@ class SyntheticVideos:
                         p[a], v[a] = 2 * lo - p[a], -v[a]
                     elif p[a] > hi:
                         p[a], v[a] = 2 * hi - p[a], -v[a]
-            pos[t], vel[t] = p, v
-        return pos, vel
+            pos[t] = p
+        return pos
 
     def sample(self, batch, m, n, patch, rng):
         """Random training patches: X float32 (batch, 3m, patch, patch), Y float32
         (batch, 3n, patch, patch) in [-1, 1], frames stacked oldest first (channel 3t + c). Each
         sample is a fresh clip of m+n frames and a random patch location, redrawn (up to max_tries
         draws) until motion() > min_motion. Deterministic given rng's state and self.seed."""
-        _check_sample_args(batch, m, n, patch)
+        batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         if patch > self.frame_size:
             raise DataError(f"patch {patch} is larger than the synthetic frame size {self.frame_size}")
         S = self.frame_size
@@ -262,7 +270,7 @@ class SyntheticVideos:
 def _velocity(rng):
     """A random integer velocity (vy, vx), each in -3..3, not both zero."""
     while True:
-        v = rng.integers(-3, 4, 2).astype(float)
+        v = rng.integers(-3, 4, 2)
         if v.any():
             return v
 
@@ -318,12 +326,15 @@ class VideoFolder:
     uses the test set.
 
     Videos are decoded lazily, once, into uint8 frames kept in an LRU cache of at most
-    ``cache_mib`` MiB (a video bigger than that is decoded every time). Corrupt videos, videos
+    ``cache_mib`` MiB (a video bigger than that is decoded every time). Once the cache has had
+    to evict, ``sample`` draws a video from among the cached ones with probability ``reuse``
+    (else uniformly from all), so that each decode serves about 1 / (1 - reuse) samples and
+    decoding does not dominate training; reuse=0 draws uniformly always. Corrupt videos, videos
     with too few frames and videos smaller than the patch are skipped with a DataWarning and
-    recorded in ``self.skipped`` as (path, reason); ``self.decodes`` counts decodes."""
+    recorded in ``self.skipped`` as (path, reason); ``self.decodes`` and ``self.evictions`` count."""
 
     def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=1024,
-                 min_motion=MIN_MOTION, max_tries=MAX_TRIES):
+                 min_motion=MIN_MOTION, max_tries=MAX_TRIES, reuse=0.9):
         root = Path(path)
         if not root.exists():
             raise DataError(f"video folder does not exist: {root}")
@@ -334,7 +345,8 @@ class VideoFolder:
         if int(every_nth) != every_nth or every_nth < 1:
             raise DataError(f"every_nth must be a positive integer, got {every_nth!r}")
         self.root, self.subset, self.min_motion, self.max_tries = root, subset, min_motion, max_tries
-        self.cache_bytes, self.decodes, self.skipped = int(cache_mib * 2 ** 20), 0, []
+        self.reuse = reuse
+        self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
         self._cache, self._bad = OrderedDict(), {}
         videos = find_videos(root)
         if not videos:
@@ -365,11 +377,11 @@ class VideoFolder:
             hits = index.get(key) or index.get(key.rsplit("/", 1)[-1])
             (listed.extend(hits) if hits else missing.append(key))
         listed = list(dict.fromkeys(listed))
+        if not listed:
+            raise DataError(f"no entry of split list {split_list} matches a video under {self.root}")
         if missing:
             warnings.warn(f"{len(missing)} entries of split list {split_list} are not under {self.root} "
                           f"(e.g. {missing[0]})", DataWarning, stacklevel=3)
-        if not listed:
-            raise DataError(f"no entry of split list {split_list} matches a video under {self.root}")
         chosen = set(listed)
         return [(v, None) for v in videos if v not in chosen], [(v, None) for v in listed]
 
@@ -384,6 +396,7 @@ class VideoFolder:
                 self._cache[path] = frames
                 while sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
                     self._cache.popitem(last=False)
+                    self.evictions += 1
         else:
             self._cache.move_to_end(path)
         cut = int(round(len(frames) * 0.8))
@@ -414,17 +427,21 @@ class VideoFolder:
     def sample(self, batch, m, n, patch, rng):
         """Random training patches from random videos of the subset: X float32 (batch, 3m, patch,
         patch), Y float32 (batch, 3n, patch, patch) in [-1, 1], channel 3t + c. Each sample: a video
-        drawn uniformly, then m+n consecutive frames at a random start and a random patch location,
+        drawn at random (see ``reuse``), then m+n consecutive frames at a random start and a random patch location,
         redrawn in that video (up to max_tries draws) until motion() > min_motion. Unusable videos
         are dropped for good; DataError when none is left. Deterministic given rng's state."""
-        _check_sample_args(batch, m, n, patch)
+        batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         clips = []
         try:
             while len(clips) < batch:
                 if not self.videos:
                     raise DataError(f"no usable video left in {self.root} ({len(self.skipped)} skipped"
                                     + (f", e.g. {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ")"))
-                entry = self.videos[int(rng.integers(len(self.videos)))]
+                cached = [e for e in self.videos if e[0] in self._cache] if self.evictions else []
+                if cached and rng.random() < self.reuse:  # the subset does not fit in the cache
+                    entry = cached[int(rng.integers(len(cached)))]
+                else:
+                    entry = self.videos[int(rng.integers(len(self.videos)))]
                 frames = self._get(entry, m + n, (patch, patch))
                 if frames is None:
                     self.videos.remove(entry)
@@ -449,36 +466,30 @@ class VideoFolder:
         fewer than count clips can be made; DataError when none can."""
         count, length = int(count), int(length)
         min_hw = (8, 8) if size is None else (int(size[0]), int(size[1]))
-        plan, usable = [], []  # plan: (entry, window index)
+        clips, lengths = [], []  # clips: uint8 (length, H, W, 3) copies, not views of whole videos
         for entry in self.test_videos:
-            if len(plan) >= count:
+            if len(clips) >= count:
                 break
             frames = self._get(entry, length, min_hw)
             if frames is not None:
-                plan.append((entry, 0))
-                usable.append((entry, len(frames)))
-        w = 1
-        while len(plan) < count and any(T >= (w + 1) * length for _, T in usable):
-            plan += [(e, w) for e, T in usable if T >= (w + 1) * length][: count - len(plan)]
-            w += 1
-        if not plan:
+                clips.append(frames[:length].copy())
+                lengths.append((entry, len(frames)))
+        windows = max((T for _, T in lengths), default=0) // length
+        extra = [(e, w) for w in range(1, windows) for e, T in lengths if T >= (w + 1) * length]
+        extra, got = extra[:count - len(clips)], {}
+        for entry in dict.fromkeys(e for e, _ in extra):  # decode each video once more
+            frames = self._load(entry)
+            got.update({(e, w): frames[w * length:(w + 1) * length].copy() for e, w in extra if e == entry})
+        clips += [got[k] for k in extra]
+        if not clips:
             raise DataError(f"no usable test video with {length} frames of at least "
                             f"{min_hw[1]}x{min_hw[0]} in {self.root}")
-        if len(plan) < count:
-            warnings.warn(f"only {len(plan)} test clips of {length} frames in {self.root}, "
+        if len(clips) < count:
+            warnings.warn(f"only {len(clips)} test clips of {length} frames in {self.root}, "
                           f"{count} asked for", DataWarning, stacklevel=2)
-        crops = [None] * len(plan)
-        for entry in dict.fromkeys(e for e, _ in plan):  # decode each video once
-            frames = self._load(entry)
-            for i, (e, w) in enumerate(plan):
-                if e == entry:
-                    crops[i] = frames[w * length:(w + 1) * length].transpose(0, 3, 1, 2)
         if size is None:
-            h = min(c.shape[-2] for c in crops) // 8 * 8
-            w_ = min(c.shape[-1] for c in crops) // 8 * 8
-        else:
-            h, w_ = min_hw
-        return np.stack([to_unit(center_crop(c, h, w_)) for c in crops])
+            min_hw = (min(c.shape[1] for c in clips) // 8 * 8, min(c.shape[2] for c in clips) // 8 * 8)
+        return np.stack([to_unit(center_crop(c.transpose(0, 3, 1, 2), *min_hw)) for c in clips])
 
 
 def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024):

@@ -9,7 +9,8 @@ class BackendError(RuntimeError):
 
 
 def load_backend(device="auto", verbose=True):
-    """device: 'cpu', 'gpu' or 'auto' -> a module offering every op (see numpy_ops.py).
+    """device: 'cpu', 'gpu' or 'auto' -> the ops of numpy_ops.py: that module, or a
+    cupy_ops.CudaOps instance with the same names.
 
     'auto' takes the GPU when CuPy sees one and otherwise falls back to the CPU, saying so.
     'gpu' without CuPy or without a GPU raises BackendError with the reason.
@@ -22,7 +23,7 @@ def load_backend(device="auto", verbose=True):
     try:
         from kernels import cupy_ops
         cupy_ops.check_gpu()
-        return cupy_ops
+        return cupy_ops.CudaOps()      # an object with numpy_ops' names; kernels compile on first use
     except Exception as e:  # ImportError, no device, driver errors: all mean "no usable GPU"
         reason = f"{type(e).__name__}: {e}"
         if device == "gpu":

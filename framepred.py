@@ -1,0 +1,412 @@
+"""framepred: the model of Mathieu, Couprie & LeCun, "Deep multi-scale video prediction beyond
+mean square error" (ICLR 2016), with every backward pass written by hand.
+
+Read beside the paper (and ../shared/SPEC.md):
+  section 2.1, eq. 1  -> generator_forward / generator_backward
+  section 2.2         -> discriminator_forward / discriminator_backward, d_loss, the adversarial term
+  section 3 (GDL)     -> kernels.numpy_ops.gdl_loss, used in g_loss
+  Algorithm 1         -> train_step: a D step on one minibatch, then a G step on another
+  Table 1             -> G_TABLE, D_TABLE
+
+Parameters live in a flat dict whose keys are the checkpoint's: "G/scale{k}/conv{i}/weight", ...
+`ops` is a backend from kernels.load_backend (NumPy or CUDA); nothing here branches on which.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+# ----------------------------------------------------------------------------- Table 1
+# Generator, per scale k = 1..4: feature maps between the convolutions, kernel sizes.
+# Each stack ends with a convolution to 3n channels (the predicted frames).
+G_TABLE = [
+    ([128, 256, 128], [3, 3, 3, 3]),
+    ([128, 256, 128], [5, 3, 3, 5]),
+    ([128, 256, 512, 256, 128], [5, 3, 3, 3, 3, 5]),
+    ([128, 256, 512, 256, 128], [7, 5, 5, 5, 5, 7]),
+]
+# Discriminator, per scale: conv feature maps, kernel sizes, fully connected sizes before the
+# single output unit; scale 4 ends its convolutions with 2x2 max pooling.
+D_TABLE = [
+    ([64], [3], [512, 256]),
+    ([64, 128, 128], [3, 3, 3], [1024, 512]),
+    ([128, 256, 256], [5, 5, 5], [1024, 512]),
+    ([128, 256, 512, 128], [7, 7, 5, 5], [1024, 512]),
+]
+D_MAXPOOL = [False, False, False, True]
+
+# SPEC's loss presets (section 4 and Table 2 of the paper): p, alpha, lambda_lp, lambda_gdl, lambda_adv.
+LOSS_PRESETS = {
+    "l2": dict(p=2, alpha=1, lam_lp=1.0, lam_gdl=0.0, lam_adv=0.0),
+    "l1": dict(p=1, alpha=1, lam_lp=1.0, lam_gdl=0.0, lam_adv=0.0),
+    "gdl_l1": dict(p=1, alpha=1, lam_lp=1.0, lam_gdl=1.0, lam_adv=0.0),
+    "gdl_l2": dict(p=2, alpha=2, lam_lp=1.0, lam_gdl=1.0, lam_adv=0.0),
+    "adv": dict(p=2, alpha=1, lam_lp=1.0, lam_gdl=0.0, lam_adv=0.05),
+    "adv_gdl": dict(p=2, alpha=1, lam_lp=1.0, lam_gdl=1.0, lam_adv=0.05),
+}
+
+LR_G_START, LR_G_END, LR_D = 0.04, 0.005, 0.02   # section 4.1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model asked for."""
+
+
+# ----------------------------------------------------------------------------- configuration
+def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl", **loss_overrides):
+    """Everything that fixes the shapes and the objective, as plain JSON-able data.
+
+    width multiplies every feature-map count (1.0 = the paper's); kernels never change.
+    loss_overrides: any of p, alpha, lam_lp, lam_gdl, lam_adv, replacing the preset's value.
+    """
+    if loss not in LOSS_PRESETS:
+        raise ValueError(f"unknown loss preset {loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
+    if patch % 8:
+        raise ValueError(f"the patch side must divide by 8 (four scales, s/8 .. s), got {patch}")
+    losses = dict(LOSS_PRESETS[loss], **{k: v for k, v in loss_overrides.items() if v is not None})
+    unknown = set(losses) - set(LOSS_PRESETS["l2"])
+    if unknown:
+        raise ValueError(f"unknown loss settings: {sorted(unknown)}")
+
+    def scaled(maps):
+        return [max(1, int(round(c * width))) for c in maps]
+
+    scales = [4] if single_scale else [1, 2, 3, 4]
+    config = dict(
+        m=m, n=n, patch=patch, width=width, scales=scales, loss=loss, **losses,
+        g_maps=[scaled(G_TABLE[k - 1][0]) for k in scales], g_kernels=[G_TABLE[k - 1][1] for k in scales],
+        d_maps=[scaled(D_TABLE[k - 1][0]) for k in scales], d_kernels=[D_TABLE[k - 1][1] for k in scales],
+        d_fc=[scaled(D_TABLE[k - 1][2]) for k in scales], d_maxpool=[D_MAXPOOL[k - 1] for k in scales],
+    )
+    d_flat_sizes(config)  # refuse a patch too small for D's unpadded convolutions now
+    return config
+
+
+def scale_factor(k):
+    """d_k averages, u_k undoes, blocks of 2^(4-k) pixels: scale 4 is full size."""
+    return 2 ** (4 - k)
+
+
+def d_flat_sizes(config):
+    """Size of D_k's flattened conv output per scale (256, 512, 4096, 4608 at s=32, Table 1)."""
+    sizes = []
+    for j, k in enumerate(config["scales"]):
+        side = config["patch"] // scale_factor(k)
+        for ks in config["d_kernels"][j]:
+            side -= ks - 1
+        if config["d_maxpool"][j]:
+            side //= 2
+        if side < 1:
+            raise ValueError(f"patch {config['patch']} is too small for D at scale {k}: its unpadded "
+                             f"convolutions {config['d_kernels'][j]} leave nothing; use a patch of 32 or more")
+        sizes.append(config["d_maps"][j][-1] * side * side)
+    return sizes
+
+
+def parameter_shapes(config):
+    """Checkpoint key -> shape, in SPEC's order: G's scales, then D's."""
+    m3, n3 = 3 * config["m"], 3 * config["n"]
+    shapes = {}
+    for j, k in enumerate(config["scales"]):
+        c_in = m3 if j == 0 else m3 + n3        # scale 1 (or a lone scale 4) has no coarse guess
+        for i, (c_out, ks) in enumerate(zip(config["g_maps"][j] + [n3], config["g_kernels"][j]), 1):
+            shapes[f"G/scale{k}/conv{i}/weight"] = (c_out, c_in, ks, ks)
+            shapes[f"G/scale{k}/conv{i}/bias"] = (c_out,)
+            c_in = c_out
+    for j, (k, flat) in enumerate(zip(config["scales"], d_flat_sizes(config))):
+        c_in = m3 + n3
+        for i, (c_out, ks) in enumerate(zip(config["d_maps"][j], config["d_kernels"][j]), 1):
+            shapes[f"D/scale{k}/conv{i}/weight"] = (c_out, c_in, ks, ks)
+            shapes[f"D/scale{k}/conv{i}/bias"] = (c_out,)
+            c_in = c_out
+        d_in = flat
+        for i, d_out in enumerate(config["d_fc"][j] + [1], 1):
+            shapes[f"D/scale{k}/fc{i}/weight"] = (d_out, d_in)
+            shapes[f"D/scale{k}/fc{i}/bias"] = (d_out,)
+            d_in = d_out
+    return shapes
+
+
+def count_parameters(config, net):
+    """Number of parameters of net 'G' or 'D'."""
+    return sum(int(np.prod(s)) for key, s in parameter_shapes(config).items() if key.startswith(net + "/"))
+
+
+def init_params(config, seed=0, dtype=np.float32):
+    """Torch 7's default initialisation, as in the authors' Torch code: every weight and bias
+    uniform in +-1/sqrt(fan_in), fan_in = C_in k k (conv) or D_in (fc). With plain SGD at
+    rho_G = 0.04 and no normalisation layers it keeps the pre-activations of the deep stacks
+    small; He-style initialisation made the first steps diverge at that learning rate."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for key, shape in parameter_shapes(config).items():
+        w_shape = shape if key.endswith("weight") else parameter_shapes(config)[key[:-4] + "weight"]
+        bound = 1.0 / np.sqrt(np.prod(w_shape[1:]))
+        params[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return params
+
+
+# ----------------------------------------------------------------------------- shared layers
+def _conv_stack_forward(ops, params, prefix, x, n_layers, mode, relu_last):
+    """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches."""
+    caches = []
+    for i in range(1, n_layers + 1):
+        x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"], mode)
+        relu_cache = None
+        if i < n_layers or relu_last:
+            x, relu_cache = ops.relu_forward(x)
+        caches.append((conv_cache, relu_cache))
+    return x, caches
+
+
+def _conv_stack_backward(ops, prefix, dout, caches, grads, need_dx):
+    """Backward of _conv_stack_forward; adds the parameter gradients to grads; returns dx (or None)."""
+    for i in range(len(caches), 0, -1):
+        conv_cache, relu_cache = caches[i - 1]
+        if relu_cache is not None:
+            dout = ops.relu_backward(dout, relu_cache)
+        dout, grads[f"{prefix}/conv{i}/weight"], grads[f"{prefix}/conv{i}/bias"] = ops.conv2d_backward(
+            dout, conv_cache, need_dx=(i > 1 or need_dx))
+    return dout
+
+
+def downscale(ops, frames, k):
+    """d_k: average pooling by 2^(4-k). frames: (N, C, s, s) -> (N, C, s/2^(4-k), s/2^(4-k))."""
+    f = scale_factor(k)
+    return frames if f == 1 else ops.avgpool_forward(frames, f)[0]
+
+
+# ----------------------------------------------------------------------------- generator (2.1)
+def generator_forward(ops, params, config, X):
+    """X: (N, 3m, H, W), H and W divisible by 8 -> ({k: Y_hat_k (N, 3n, H/2^(4-k), W/2^(4-k))}, cache).
+
+    Eq. 1: Y_hat_1 = tanh(G'_1(X_1)); Y_hat_k = tanh(u_k(Y_hat_(k-1)) + G'_k(concat(X_k, u_k(Y_hat_(k-1))))).
+    The residual is added before the tanh, as in the authors' code.
+    """
+    if X.ndim != 4 or X.shape[1] != 3 * config["m"]:
+        raise ValueError(f"G expects input (N, {3 * config['m']}, H, W) (m={config['m']} RGB frames), got {tuple(X.shape)}")
+    if X.shape[2] % 8 or X.shape[3] % 8:
+        raise ValueError(f"G's input sides must divide by 8 (four scales), got {X.shape[2]}x{X.shape[3]}")
+    preds, caches, prev = {}, {}, None
+    for j, k in enumerate(config["scales"]):
+        X_k = downscale(ops, X, k)
+        if prev is None:
+            inp, up = X_k, None
+        else:
+            up, _ = ops.upsample_forward(prev, 2)                        # u_k(Y_hat_(k-1))
+            inp, _ = ops.concat_forward([X_k, up])
+        h, stack = _conv_stack_forward(ops, params, f"G/scale{k}", inp, len(config["g_kernels"][j]),
+                                       "same", relu_last=False)
+        if up is not None:
+            h = h + up                                                   # eq. 1's residual
+        prev, tanh_cache = ops.tanh_forward(h)
+        preds[k] = prev
+        caches[k] = (stack, tanh_cache, X_k.shape[1])
+    return preds, caches
+
+
+def generator_backward(ops, params, config, dpreds, caches):
+    """dpreds: {k: dL/dY_hat_k} -> gradients of every G parameter (dict)."""
+    grads, d_coarse = {}, None
+    scales = config["scales"]
+    for j in range(len(scales) - 1, -1, -1):
+        k = scales[j]
+        stack, tanh_cache, x_channels = caches[k]
+        dpred = dpreds[k] if d_coarse is None else dpreds[k] + d_coarse
+        dh = ops.tanh_backward(dpred, tanh_cache)
+        dinp = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, need_dx=j > 0)
+        if j > 0:
+            d_up = ops.concat_backward(dinp, [x_channels, dh.shape[1]])[1] + dh   # concat input + residual
+            d_coarse = ops.upsample_backward(d_up, 2)
+    return grads
+
+
+# ----------------------------------------------------------------------------- discriminator (2.2)
+def discriminator_forward(ops, params, config, X_k, Y_k, k):
+    """D_k on concat(X_k, Y_k) (history first, section 2.2). X_k: (N, 3m, s_k, s_k), Y_k: (N, 3n, s_k, s_k)
+    -> logits (N, 1) (pre-sigmoid: the BCE is computed from them), cache."""
+    j = config["scales"].index(k)
+    x, _ = ops.concat_forward([X_k, Y_k])
+    h, stack = _conv_stack_forward(ops, params, f"D/scale{k}", x, len(config["d_kernels"][j]), "valid", relu_last=True)
+    pool_cache = None
+    if config["d_maxpool"][j]:
+        h, pool_cache = ops.maxpool2_forward(h)
+    h, flat_cache = ops.flatten_forward(h)
+    fc_caches, n_fc = [], len(config["d_fc"][j]) + 1
+    for i in range(1, n_fc + 1):
+        h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"])
+        relu_cache = None
+        if i < n_fc:
+            h, relu_cache = ops.relu_forward(h)
+        fc_caches.append((fc_cache, relu_cache))
+    return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1])
+
+
+def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad):
+    """dlogits: (N, 1) -> (gradients of D_k's parameters, dL/dY_k (N, 3n, s_k, s_k) or None).
+
+    The candidate's gradient is the path of the adversarial loss into G (G step only)."""
+    stack, pool_cache, flat_cache, fc_caches, x_channels = cache
+    grads, d = {}, dlogits
+    for i in range(len(fc_caches), 0, -1):
+        fc_cache, relu_cache = fc_caches[i - 1]
+        if relu_cache is not None:
+            d = ops.relu_backward(d, relu_cache)
+        d, grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = ops.fc_backward(d, fc_cache)
+    d = ops.flatten_backward(d, flat_cache)
+    if pool_cache is not None:
+        d = ops.maxpool2_backward(d, pool_cache)
+    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, need_dx=need_candidate_grad)
+    if not need_candidate_grad:
+        return grads, None
+    return grads, ops.concat_backward(d, [x_channels, d.shape[1] - x_channels])[1]
+
+
+# ----------------------------------------------------------------------------- losses
+def d_loss(ops, params, config, X, Y, preds):
+    """D's loss, section 2.2: sum_k L_bce(D_k(X_k, Y_k), 1) + L_bce(D_k(X_k, Y_hat_k), 0).
+
+    Real and generated samples go through D_k as one batch of 2N; the BCE mean over 2N is
+    doubled so that it equals the sum of the two means. -> (loss, grads, accuracy real, accuracy fake).
+    """
+    total, grads, acc_real, acc_fake = 0.0, {}, [], []
+    n = X.shape[0]
+    target = ops.asarray(np.repeat([1.0, 0.0], n)[:, None], dtype=preds[config["scales"][-1]].dtype)
+    for k in config["scales"]:
+        X_k, Y_k = downscale(ops, X, k), downscale(ops, Y, k)
+        history = _batch_concat(ops, X_k, X_k)
+        candidates = _batch_concat(ops, Y_k, preds[k])
+        logits, cache = discriminator_forward(ops, params, config, history, candidates, k)
+        loss, dlogits = ops.bce_logits_loss(logits, target)
+        g, _ = discriminator_backward(ops, config, 2 * dlogits, cache, k, need_candidate_grad=False)
+        grads.update(g)
+        total += 2 * float(loss)
+        z = ops.to_host(logits)[:, 0]
+        acc_real.append(float(np.mean(z[:n] > 0)))
+        acc_fake.append(float(np.mean(z[n:] < 0)))
+    return total, grads, float(np.mean(acc_real)), float(np.mean(acc_fake))
+
+
+def _batch_concat(ops, a, b):
+    """Stack two (N, C, H, W) batches into (2N, C, H, W)."""
+    return ops.xp.concatenate([a, b], axis=0)
+
+
+def g_loss(ops, params, config, X, Y, preds):
+    """G's loss: lam_adv sum_k L_bce(D_k(X_k, Y_hat_k), 1) + lam_lp sum_k L_p + lam_gdl sum_k L_gdl
+    (sections 2.2 and 3, Algorithm 1), D held fixed. -> (terms dict, {k: dL/dY_hat_k})."""
+    terms = {"lp": 0.0, "gdl": 0.0, "adv": 0.0}
+    dpreds = {}
+    for k in config["scales"]:
+        Y_k = downscale(ops, Y, k)
+        loss, dpred = ops.lp_loss(preds[k], Y_k, config["p"])
+        terms["lp"] += float(loss)
+        dpred = config["lam_lp"] * dpred
+        if config["lam_gdl"]:
+            loss, d = ops.gdl_loss(preds[k], Y_k, config["alpha"])
+            terms["gdl"] += float(loss)
+            dpred = dpred + config["lam_gdl"] * d
+        if config["lam_adv"]:
+            X_k = downscale(ops, X, k)
+            logits, cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
+            loss, dlogits = ops.bce_logits_loss(logits, 1.0)
+            terms["adv"] += float(loss)
+            _, d = discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad=True)
+            dpred = dpred + config["lam_adv"] * d
+        dpreds[k] = dpred
+    terms["total"] = config["lam_lp"] * terms["lp"] + config["lam_gdl"] * terms["gdl"] + config["lam_adv"] * terms["adv"]
+    return terms, dpreds
+
+
+# ----------------------------------------------------------------------------- Algorithm 1
+def lr_g_at(step, total_steps):
+    """rho_G lowered from 0.04 to 0.005 over the run (section 4.1), geometrically: the same
+    factor every step, so each halving of rho_G takes the same number of steps."""
+    if total_steps <= 1:
+        return LR_G_START
+    return LR_G_START * (LR_G_END / LR_G_START) ** (step / (total_steps - 1))
+
+
+def sgd_update(params, grads, lr):
+    """Plain SGD, in place: W <- W - lr dL/dW."""
+    for key, g in grads.items():
+        params[key] -= lr * g
+
+
+def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D):
+    """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches.
+
+    Update the discriminator (only when the adversarial loss is used): G fixed, one SGD step
+    on D's loss. Then update the generator: D fixed, one SGD step on G's combined loss.
+    Returns the loss terms and D's accuracy on real and generated samples, for logging.
+    """
+    log = {}
+    if config["lam_adv"]:
+        X, Y = d_batch
+        preds, _ = generator_forward(ops, params, config, X)
+        log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = d_loss(ops, params, config, X, Y, preds)
+        sgd_update(params, grads, lr_d)
+    X, Y = g_batch
+    preds, caches = generator_forward(ops, params, config, X)
+    terms, dpreds = g_loss(ops, params, config, X, Y, preds)
+    grads = generator_backward(ops, params, config, dpreds, caches)
+    sgd_update(params, grads, lr_g)
+    log.update({"g_" + name: value for name, value in terms.items()})
+    return log
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path, params, config, state=None):
+    """One .npz: every parameter as float32 under its key, "config" as JSON text, and the
+    training state for resuming under "state/..." (JSON text). Written to a temporary file in
+    the same folder, then renamed over `path`: a crash never leaves a half-written checkpoint."""
+    arrays = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
+    arrays["config"] = np.array(json.dumps(config, sort_keys=True))
+    if state is not None:
+        arrays["state"] = np.array(json.dumps(state, sort_keys=True))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, expect_config=None):
+    """-> (params as float32 NumPy arrays, config, state or None).
+
+    Refuses, with a CheckpointError saying what differs, a file that is missing or unreadable,
+    whose parameters do not have the shapes its config implies, or whose config differs from
+    expect_config in any architecture field (m, n, widths, kernels, patch size, scales)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+        config = json.loads(str(arrays.pop("config")))
+        state = json.loads(str(arrays.pop("state"))) if "state" in arrays else None
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if expect_config is not None:
+        diffs = [f"{key}: checkpoint {config.get(key)!r}, expected {expect_config[key]!r}"
+                 for key in ARCHITECTURE_KEYS if config.get(key) != expect_config.get(key)]
+        if diffs:
+            raise CheckpointError(f"checkpoint {path} does not match this model: " + "; ".join(diffs))
+    shapes = parameter_shapes(config)
+    missing = sorted(set(shapes) - set(arrays))
+    extra = sorted(set(arrays) - set(shapes))
+    wrong = [f"{key} is {arrays[key].shape}, expected {shapes[key]}" for key in shapes
+             if key in arrays and arrays[key].shape != tuple(shapes[key])]
+    if missing or extra or wrong:
+        raise CheckpointError(f"checkpoint {path} has wrong parameters: " + "; ".join(
+            ([f"missing {', '.join(missing[:5])}"] if missing else []) +
+            ([f"unexpected {', '.join(extra[:5])}"] if extra else []) + wrong[:5]))
+    return {key: arrays[key].astype(np.float32) for key in shapes}, config, state
+
+
+ARCHITECTURE_KEYS = ["m", "n", "patch", "scales", "g_maps", "g_kernels", "d_maps", "d_kernels", "d_fc", "d_maxpool"]

@@ -1,0 +1,55 @@
+// Convolution: im2col and its adjoint col2im (the GEMM between them is cuBLAS, via cupy.matmul).
+//
+// Layout, identical to numpy_ops.im2col: cols is (N*Ho*Wo, C*k*k), row n*Ho*Wo + y*Wo + x holds
+// the window whose top-left corner is (y, x) in the padded image, column c*k*k + i*k + j holds
+// x_padded[n, c, y + i, x + j]. Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1 (stride 1).
+//
+// All kernels: float32 data, sizes as long long, one thread per OUTPUT element, grid-stride loops
+// (thread t of a grid of T threads handles elements t, t + T, t + 2T, ...), so any grid covers any
+// size. No shared memory, no __syncthreads, no atomics.
+
+// im2col: one thread per element of cols (N*Ho*Wo*C*k*k of them). Pixels of the zero padding
+// read as 0.
+extern "C" __global__ void im2col(const float* __restrict__ x, float* __restrict__ cols,
+                                  long long n, long long c, long long h, long long w,
+                                  long long k, long long pad)
+{
+    const long long ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+    const long long ckk = c * k * k;
+    const long long total = n * ho * wo * ckk;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long row = e / ckk, col = e % ckk;
+        const long long b = row / (ho * wo), y = (row / wo) % ho, x0 = row % wo;
+        const long long ch = col / (k * k), i = (col / k) % k, j = col % k;
+        const long long yy = y + i - pad, xx = x0 + j - pad;   // position in the unpadded image
+        cols[e] = (yy >= 0 && yy < h && xx >= 0 && xx < w) ? x[((b * c + ch) * h + yy) * w + xx] : 0.0f;
+    }
+}
+
+// col2im: one thread per element of dx (N*C*H*W of them). A gather, so no atomics and a fixed
+// summation order (taps i, then j, as numpy_ops.col2im): thread (b, ch, yy, xx) adds the cols entry
+// of every window (y, x0) = (yy + pad - i, xx + pad - j) that covers the pixel.
+extern "C" __global__ void col2im(const float* __restrict__ cols, float* __restrict__ dx,
+                                  long long n, long long c, long long h, long long w,
+                                  long long k, long long pad)
+{
+    const long long ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
+    const long long ckk = c * k * k;
+    const long long total = n * c * h * w;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long xx = e % w, yy = (e / w) % h, ch = (e / (w * h)) % c, b = e / (w * h * c);
+        float sum = 0.0f;
+        for (long long i = 0; i < k; ++i) {
+            const long long y = yy + pad - i;
+            if (y < 0 || y >= ho) continue;
+            for (long long j = 0; j < k; ++j) {
+                const long long x0 = xx + pad - j;
+                if (x0 < 0 || x0 >= wo) continue;
+                sum += cols[((b * ho + y) * wo + x0) * ckk + (ch * k + i) * k + j];
+            }
+        }
+        dx[e] = sum;
+    }
+}

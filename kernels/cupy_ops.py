@@ -1,0 +1,411 @@
+"""The CUDA backend: the ops of numpy_ops.py on CuPy arrays, with the raw kernels of kernels/*.cu.
+
+`CudaOps()` offers exactly numpy_ops' names, signatures and return conventions
+(`out, cache = op_forward(...)`, `dx, ... = op_backward(dout, cache)`, losses return
+`(loss, dpred)`), so the model and the trainer never branch on the backend. The caches hold
+what this backend's own backward needs, which is not always what numpy_ops keeps (relu keeps
+its output instead of a mask, maxpool2 an int32 argmax).
+
+- GEMMs go to cuBLAS through `xp.matmul`; everything else is a kernel of kernels/*.cu, launched
+  with one thread per output element and a grid-stride loop. Reductions (bias gradients, the
+  means of the losses) are `xp` reductions (`.sum()`, `.mean()`).
+- float32 only: the kernels take `const float*`. An op given another dtype raises a TypeError
+  naming the op and the argument (no silent cast); `asarray(a, dtype)` is the place to convert.
+- A loss value is a 0-d device array (float32); `float(loss)` or `to_host(loss)` brings it to the host.
+
+The Python here never touches CUDA directly: arrays come from `self.xp` and every kernel call goes
+through `self.launch(name, grid, block, args)`. With CuPy these are `cupy` and `RawModuleLauncher`
+(the kernels compiled by NVRTC once, on first use). The tests build
+`CudaOps(xp=numpy, launch=tests/emulator.EmulatedLauncher())` instead, so that all of this file
+(grid sizes, argument order and types, output allocation) runs on NumPy arrays against the same
+.cu sources compiled as C++, on machines without a GPU.
+"""
+import glob
+import operator
+import os
+import re
+
+import numpy as np
+
+from kernels.numpy_ops import _check_pair, _check_rank, conv_check, conv_output_size
+
+KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# NVRTC options of every kernels/*.cu (tests/test_cuda_compile.py compiles with exactly these).
+# CuPy itself adds the target architecture of the device and '-ftz=true'. No fast math: the
+# kernels keep IEEE expf/tanhf/division, so they stay within float32 rounding of numpy_ops.
+OPTIONS = ("-std=c++17",)
+
+BLOCK = 256             # threads per block of every launch
+MAX_BLOCKS = 65536      # grid cap; larger problems loop (grid-stride), so any size is covered
+
+_KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
+
+
+def kernel_sources():
+    """{file name: CUDA source} of every kernels/*.cu, sorted by name: what NVRTC compiles."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(KERNEL_DIR, "*.cu"))):
+        with open(path, encoding="utf-8") as f:
+            out[os.path.basename(path)] = f.read()
+    return out
+
+
+def kernel_names(source):
+    """Names of the `extern "C" __global__` kernels defined in a CUDA source."""
+    return _KERNEL_RE.findall(source)
+
+
+def check_gpu():
+    """Raise RuntimeError saying why CuPy cannot run here (not installed, no device); else return."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise RuntimeError("CuPy is not installed (pip install the cupy-cudaXXx wheel that matches "
+                           "your CUDA version, see README)") from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # no driver, driver too old, ...
+        raise RuntimeError(f"CuPy cannot reach a CUDA device: {type(e).__name__}: {e}") from e
+    if count < 1:
+        raise RuntimeError("CuPy sees no CUDA device")
+
+
+class RawModuleLauncher:
+    """launch(name, grid, block, args) on the GPU: one cupy.RawModule per .cu file, compiled lazily
+    (on the first launch) with OPTIONS; CuPy caches the binaries on disk."""
+
+    def __init__(self, cupy):
+        self._cupy = cupy
+        self._functions = None
+
+    def _load(self):
+        functions = {}
+        for source in kernel_sources().values():
+            module = self._cupy.RawModule(code=source, options=OPTIONS)
+            for name in kernel_names(source):
+                functions[name] = module.get_function(name)
+        return functions
+
+    def __call__(self, name, grid, block, args):
+        if self._functions is None:
+            self._functions = self._load()
+        self._functions[name](grid, block, args)
+
+
+class CudaOps:
+    """numpy_ops' API on `xp` arrays, computed by the kernels of kernels/*.cu.
+
+    xp: the array module (default cupy); launch: callable(name, grid, block, args) running one
+    kernel (default RawModuleLauncher); block, max_blocks: the launch geometry (tests shrink them to
+    make the grid-stride loops iterate).
+    """
+
+    name = "gpu"
+
+    def __init__(self, xp=None, launch=None, block=BLOCK, max_blocks=MAX_BLOCKS):
+        if xp is None:
+            import cupy as xp
+        self.xp = xp
+        self.launch = launch if launch is not None else RawModuleLauncher(xp)
+        self.block = int(block)
+        self.max_blocks = int(max_blocks)
+
+    # ------------------------------------------------------------------ helpers
+    def _run(self, kernel, items, *args):
+        """Launch `kernel` for `items` work items: enough blocks to give each item its thread, at most
+        max_blocks (the kernel's grid-stride loop does the rest). Nothing to do for 0 items."""
+        if items <= 0:
+            return
+        blocks = min(self.max_blocks, (items + self.block - 1) // self.block)
+        self.launch(kernel, (blocks,), (self.block,), args)
+
+    def _f32(self, a, what):
+        """A C-contiguous float32 xp array, or a TypeError that names the op and the argument."""
+        if not isinstance(a, self.xp.ndarray):
+            raise TypeError(f"gpu backend, {what}: expected a {self.xp.__name__} array, got "
+                            f"{type(a).__name__} (move host data with ops.asarray)")
+        if a.dtype != np.float32:
+            raise TypeError(f"gpu backend, {what}: the CUDA kernels are float32, got {a.dtype} "
+                            f"(convert with ops.asarray(a, dtype='float32'))")
+        return self.xp.ascontiguousarray(a)
+
+    def _empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    @staticmethod
+    def _check_same_shape(dout, shape, what):
+        if tuple(dout.shape) != tuple(shape):
+            raise ValueError(f"{what}: dout has shape {tuple(dout.shape)}, expected {tuple(shape)}")
+
+    # ------------------------------------------------------------------ conv2d
+    conv_output_size = staticmethod(conv_output_size)
+    conv_check = staticmethod(conv_check)
+
+    def im2col(self, x, k, pad):
+        """x: (N, C, H, W) -> cols (N*Ho*Wo, C*k*k), numpy_ops.im2col's layout."""
+        x = self._f32(x, "im2col x")
+        n, c, h, w = x.shape
+        ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+        cols = self._empty((n * ho * wo, c * k * k))
+        self._run("im2col", cols.size, x, cols, n, c, h, w, k, pad)
+        return cols
+
+    def col2im(self, cols, x_shape, k, pad):
+        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W)."""
+        cols = self._f32(cols, "col2im cols")
+        n, c, h, w = (int(s) for s in x_shape)
+        ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+        self._check_same_shape(cols, (n * ho * wo, c * k * k), "col2im")
+        dx = self._empty((n, c, h, w))
+        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad)
+        return dx
+
+    def _rows_to_nchw_bias(self, rows, b, n, c, hw):
+        out = self._empty((n, c, hw))
+        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw)
+        return out
+
+    def conv2d_forward(self, x, w, b, mode):
+        """Stride-1 convolution, im2col + one cuBLAS GEMM; see numpy_ops.conv2d_forward."""
+        pad = conv_check(x.shape, w.shape, mode)
+        x, w, b = self._f32(x, "conv2d x"), self._f32(w, "conv2d weight"), self._f32(b, "conv2d bias")
+        n, _, h, wd = x.shape
+        c_out, _, k, _ = w.shape
+        if tuple(b.shape) != (c_out,):
+            raise ValueError(f"conv2d: bias must have shape ({c_out},), got {tuple(b.shape)}")
+        ho, wo = conv_output_size(h, wd, k, mode)
+        cols = self.im2col(x, k, pad)                                     # (N*Ho*Wo, C_in*k*k)
+        rows = self.xp.matmul(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
+        out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo)
+        # as numpy_ops: the backward recomputes cols from x
+        return out.reshape(n, c_out, ho, wo), (x, w, pad)
+
+    def conv2d_backward(self, dout, cache, need_dx=True):
+        """-> dx (N, C_in, H, W) or None (need_dx=False), dw (C_out, C_in, k, k), db (C_out,)."""
+        x, w, pad = cache
+        n, _, h, wd = x.shape
+        c_out, _, k, _ = w.shape
+        ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
+        dout = self._f32(dout, "conv2d_backward dout")
+        self._check_same_shape(dout, (n, c_out, ho, wo), "conv2d_backward")
+        rows = self._empty((n * ho * wo, c_out))                         # dout in the GEMM layout
+        self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
+        cols = self.im2col(x, k, pad)
+        dw = self.xp.matmul(rows.T, cols).reshape(w.shape)
+        db = rows.sum(axis=0)
+        dx = self.col2im(self.xp.matmul(rows, w.reshape(c_out, -1)), x.shape, k, pad) if need_dx else None
+        return dx, dw, db
+
+    # ------------------------------------------------------------------ fully connected
+    def fc_forward(self, x, w, b):
+        """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out (N, D_out) = x w^T + b."""
+        _check_rank(x, 2, "fc")
+        if x.shape[1] != w.shape[1]:
+            raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
+        x, w, b = self._f32(x, "fc x"), self._f32(w, "fc weight"), self._f32(b, "fc bias")
+        n, d_out = x.shape[0], w.shape[0]
+        if tuple(b.shape) != (d_out,):
+            raise ValueError(f"fc: bias must have shape ({d_out},), got {tuple(b.shape)}")
+        out = self._rows_to_nchw_bias(self.xp.matmul(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
+        return out.reshape(n, d_out), (x, w)
+
+    def fc_backward(self, dout, cache):
+        """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in), db (D_out,)."""
+        x, w = cache
+        dout = self._f32(dout, "fc_backward dout")
+        self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
+        return self.xp.matmul(dout, w), self.xp.matmul(dout.T, x), dout.sum(axis=0)
+
+    # ------------------------------------------------------------------ activations
+    def _unary(self, kernel, x, what):
+        x = self._f32(x, what)
+        out = self._empty(x.shape)
+        self._run(kernel, x.size, x, out, x.size)
+        return out
+
+    def _unary_backward(self, kernel, dout, out, what):
+        dout = self._f32(dout, what)
+        self._check_same_shape(dout, out.shape, what)
+        dx = self._empty(out.shape)
+        self._run(kernel, dx.size, dout, out, dx, dx.size)
+        return dx
+
+    def relu_forward(self, x):
+        """Any shape. The cache is the output (x > 0 exactly where out > 0)."""
+        out = self._unary("relu_forward", x, "relu x")
+        return out, out
+
+    def relu_backward(self, dout, cache):
+        return self._unary_backward("relu_backward", dout, cache, "relu_backward dout")
+
+    def tanh_forward(self, x):
+        out = self._unary("tanh_forward", x, "tanh x")
+        return out, out
+
+    def tanh_backward(self, dout, cache):
+        return self._unary_backward("tanh_backward", dout, cache, "tanh_backward dout")
+
+    def sigmoid_forward(self, x):
+        out = self._unary("sigmoid_forward", x, "sigmoid x")
+        return out, out
+
+    def sigmoid_backward(self, dout, cache):
+        return self._unary_backward("sigmoid_backward", dout, cache, "sigmoid_backward dout")
+
+    # ------------------------------------------------------------------ resampling
+    def avgpool_forward(self, x, f):
+        """Average over f x f blocks. (N, C, H, W), H and W divisible by f -> (N, C, H/f, W/f)."""
+        _check_rank(x, 4, "avgpool")
+        f = operator.index(f)
+        n, c, h, w = x.shape
+        if h % f or w % f:
+            raise ValueError(f"avgpool by {f}: the sides {h}x{w} must divide by {f}")
+        x = self._f32(x, "avgpool x")
+        out = self._empty((n, c, h // f, w // f))
+        self._run("avgpool_forward", out.size, x, out, n, c, h, w, f)
+        return out, (x.shape, f)
+
+    def avgpool_backward(self, dout, cache):
+        (n, c, h, w), f = cache
+        dout = self._f32(dout, "avgpool_backward dout")
+        self._check_same_shape(dout, (n, c, h // f, w // f), "avgpool_backward")
+        dx = self._empty((n, c, h, w))
+        self._run("avgpool_backward", dx.size, dout, dx, n, c, h, w, f)
+        return dx
+
+    def upsample_forward(self, x, f):
+        """Nearest-neighbour upscaling by f. (N, C, H, W) -> (N, C, H f, W f)."""
+        _check_rank(x, 4, "upsample")
+        f = operator.index(f)
+        x = self._f32(x, "upsample x")
+        n, c, h, w = x.shape
+        out = self._empty((n, c, h * f, w * f))
+        self._run("upsample_forward", out.size, x, out, n, c, h * f, w * f, f)
+        return out, f
+
+    def upsample_backward(self, dout, cache):
+        f = cache
+        _check_rank(dout, 4, "upsample_backward")
+        dout = self._f32(dout, "upsample_backward dout")
+        n, c, h, w = dout.shape
+        if h % f or w % f:
+            raise ValueError(f"upsample_backward by {f}: dout's sides {h}x{w} must divide by {f}")
+        dx = self._empty((n, c, h // f, w // f))
+        self._run("upsample_backward", dx.size, dout, dx, n, c, h, w, f)
+        return dx
+
+    def maxpool2_forward(self, x):
+        """2x2 max pooling, stride 2; an odd last row or column is dropped; ties go to the first."""
+        _check_rank(x, 4, "maxpool2")
+        n, c, h, w = x.shape
+        if h < 2 or w < 2:
+            raise ValueError(f"maxpool2: input {h}x{w} is smaller than the 2x2 window")
+        x = self._f32(x, "maxpool2 x")
+        out = self._empty((n, c, h // 2, w // 2))
+        arg = self._empty(out.shape, np.int32)
+        self._run("maxpool2_forward", out.size, x, out, arg, n, c, h, w)
+        return out, (x.shape, arg)
+
+    def maxpool2_backward(self, dout, cache):
+        (n, c, h, w), arg = cache
+        dout = self._f32(dout, "maxpool2_backward dout")
+        self._check_same_shape(dout, arg.shape, "maxpool2_backward")
+        dx = self._empty((n, c, h, w))
+        self._run("maxpool2_backward", dx.size, dout, arg, dx, n, c, h, w)
+        return dx
+
+    # ------------------------------------------------------------------ plumbing
+    def concat_forward(self, xs):
+        """Channel concatenation. xs: list of (N, C_i, H, W) -> (N, sum C_i, H, W)."""
+        xs = [self._f32(x, f"concat input {i}") for i, x in enumerate(xs)]
+        if not xs:
+            raise ValueError("concat: needs at least one array")
+        for i, x in enumerate(xs):
+            _check_rank(x, 4, f"concat input {i}")
+            if (x.shape[0],) + tuple(x.shape[2:]) != (xs[0].shape[0],) + tuple(xs[0].shape[2:]):
+                raise ValueError(f"concat: input {i} has shape {tuple(x.shape)}, which differs from "
+                                 f"input 0's {tuple(xs[0].shape)} outside the channel axis")
+        n, _, h, w = xs[0].shape
+        channels = [x.shape[1] for x in xs]
+        total = sum(channels)
+        out = self._empty((n, total, h, w))
+        offset = 0
+        for x, c in zip(xs, channels):
+            self._run("copy_channels", x.size, x, out, n, c, h * w, c, 0, total, offset)
+            offset += c
+        return out, channels
+
+    def concat_backward(self, dout, cache):
+        """-> list of dx_i (N, C_i, H, W), the split of dout."""
+        dout = self._f32(dout, "concat_backward dout")
+        n, total, h, w = dout.shape
+        if sum(cache) != total:
+            raise ValueError(f"concat_backward: dout has {total} channels, the inputs had {sum(cache)}")
+        dxs, offset = [], 0
+        for c in cache:
+            dx = self._empty((n, c, h, w))
+            self._run("copy_channels", dx.size, dout, dx, n, c, h * w, total, offset, c, 0)
+            dxs.append(dx)
+            offset += c
+        return dxs
+
+    def flatten_forward(self, x):
+        """(N, C, H, W) -> (N, C*H*W), C order. A reshape: no kernel."""
+        x = self.xp.ascontiguousarray(x)
+        return x.reshape(x.shape[0], -1), x.shape
+
+    def flatten_backward(self, dout, cache):
+        return self.xp.ascontiguousarray(dout).reshape(cache)
+
+    # ------------------------------------------------------------------ losses
+    def lp_loss(self, pred, target, p):
+        """mean |pred - target|^p, p in {1, 2} -> (loss, dpred); the gradient at pred == target is 0."""
+        _check_pair(pred, target, "lp_loss")
+        if p not in (1, 2):
+            raise ValueError(f"lp_loss: p must be 1 or 2, got {p}")
+        pred, target = self._f32(pred, "lp_loss pred"), self._f32(target, "lp_loss target")
+        term, grad = self._empty(pred.shape), self._empty(pred.shape)
+        self._run("lp_loss_terms", pred.size, pred, target, term, grad, pred.size, int(p))
+        return term.mean(), grad
+
+    def gdl_loss(self, pred, target, alpha):
+        """The gradient difference loss (numpy_ops.gdl_loss) -> (loss, dpred)."""
+        _check_pair(pred, target, "gdl_loss")
+        if alpha not in (1, 2):
+            raise ValueError(f"gdl_loss: alpha must be 1 or 2, got {alpha}")
+        _check_rank(pred, 4, "gdl_loss")
+        pred, target = self._f32(pred, "gdl_loss pred"), self._f32(target, "gdl_loss target")
+        n, c, h, w = pred.shape
+        term_v, term_h = self._empty((n, c, h - 1, w)), self._empty((n, c, h, w - 1))
+        self._run("gdl_loss_terms", pred.size, pred, target, term_v, term_h, n, c, h, w, int(alpha))
+        loss = 0.0
+        for term in (term_v, term_h):          # a side of 1 has no pairs and adds nothing
+            if term.size:
+                loss = loss + term.mean()
+        dpred = self._empty(pred.shape)
+        self._run("gdl_loss_grad", pred.size, pred, target, dpred, n, c, h, w, int(alpha))
+        return loss, dpred
+
+    def bce_logits_loss(self, logits, target):
+        """Binary cross-entropy of sigmoid(logits), mean over the batch -> (loss, dlogits).
+        target: a scalar 0 or 1, or an array broadcastable to logits."""
+        z = self._f32(logits, "bce_logits_loss logits")
+        xp = self.xp
+        if not isinstance(target, xp.ndarray) and np.ndim(target) == 0:
+            t, t_step = xp.full((1,), float(target), dtype=np.float32), 0    # one target for all
+        else:
+            t = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(target, dtype=np.float32), z.shape))
+            t_step = 1
+        term, grad = self._empty(z.shape), self._empty(z.shape)
+        self._run("bce_logits_terms", z.size, z, t, t_step, term, grad, z.size)
+        return term.mean(), grad
+
+    # ------------------------------------------------------------------ backend plumbing
+    def asarray(self, a, dtype=None):
+        """Host array -> this backend's (device) array."""
+        return self.xp.asarray(a, dtype=dtype)
+
+    def to_host(self, a):
+        """This backend's array -> NumPy array."""
+        return a.get() if hasattr(a, "get") else np.asarray(a)      # cupy arrays have .get()

@@ -1,0 +1,49 @@
+// Layout changes around the GEMMs, the bias, and channel concatenation.
+//
+// "rows" is the GEMM layout (N*HW, C): row b*HW + p, column ch. "nchw" is the image layout
+// (N, C, HW), HW = H*W. A fully connected layer is the case HW = 1, where both layouts coincide.
+//
+// All kernels: float32 data, sizes as long long, one thread per OUTPUT element, grid-stride loops.
+
+// rows -> nchw, adding the bias of each channel: one thread per element of out (N*C*HW).
+// Conv forward: out = cols @ W^T lands in rows layout. FC forward (hw = 1): out = x @ W^T + b.
+extern "C" __global__ void rows_to_nchw_bias(const float* __restrict__ rows, const float* __restrict__ bias,
+                                             float* __restrict__ out, long long n, long long c, long long hw)
+{
+    const long long total = n * c * hw;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long p = e % hw, ch = (e / hw) % c, b = e / (hw * c);
+        out[e] = rows[(b * hw + p) * c + ch] + bias[ch];
+    }
+}
+
+// nchw -> rows: one thread per element of rows (N*HW*C). Conv backward turns dout into the GEMM
+// layout with it.
+extern "C" __global__ void nchw_to_rows(const float* __restrict__ x, float* __restrict__ rows,
+                                        long long n, long long c, long long hw)
+{
+    const long long total = n * hw * c;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long ch = e % c, p = (e / c) % hw, b = e / (c * hw);
+        rows[e] = x[(b * c + ch) * hw + p];
+    }
+}
+
+// Copy `count` channels between two nchw images that share N and HW: channels src_off.. of src
+// (which has c_src channels) go to channels dst_off.. of dst (c_dst channels). One thread per copied
+// element (N*count*HW). Concat forward copies each input into its slice of the output; concat
+// backward copies each slice of dout out into its own gradient.
+extern "C" __global__ void copy_channels(const float* __restrict__ src, float* __restrict__ dst,
+                                         long long n, long long count, long long hw,
+                                         long long c_src, long long src_off,
+                                         long long c_dst, long long dst_off)
+{
+    const long long total = n * count * hw;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long p = e % hw, ch = (e / hw) % count, b = e / (hw * count);
+        dst[(b * c_dst + dst_off + ch) * hw + p] = src[(b * c_src + src_off + ch) * hw + p];
+    }
+}

@@ -1,0 +1,113 @@
+// Losses: each kernel writes the per-element terms of the mean and the gradient; the mean itself is
+// a CuPy reduction (term.mean()) in cupy_ops.py. One thread per element, grid-stride loops,
+// float32 data, sizes and the integer exponents (p, alpha) as long long.
+//
+// |.| has its kink at 0, where the gradient is taken as 0 (sign(0) = 0), as in numpy_ops.
+
+__device__ __forceinline__ float sign_of(float v)
+{
+    return (float)(v > 0.0f) - (float)(v < 0.0f);
+}
+
+// Numerically stable logistic function (the same as elementwise.cu's).
+__device__ __forceinline__ float stable_sigmoid(float x)
+{
+    const float e = expf(-fabsf(x));
+    return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
+}
+
+// L_p, p in {1, 2}: one thread per element e of pred (n in all).
+// term = |d|^p and grad = d|d|^p / d pred / n, d = pred - target.
+extern "C" __global__ void lp_loss_terms(const float* __restrict__ pred, const float* __restrict__ target,
+                                         float* __restrict__ term, float* __restrict__ grad,
+                                         long long n, long long p)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)blockDim.x * gridDim.x) {
+        const float d = pred[e] - target[e];
+        if (p == 1) {
+            term[e] = fabsf(d);
+            grad[e] = sign_of(d) / (float)n;
+        } else {
+            term[e] = d * d;
+            grad[e] = 2.0f * d / (float)n;
+        }
+    }
+}
+
+// GDL over one neighbour pair (earlier pixel 0, later pixel 1 along an axis) whose mean runs over
+// `count` pairs: r = |t1 - t0| - |p1 - p0| and the derivative of |r|^alpha / count with respect to
+// gp = p1 - p0, i.e. dr * (-sign(gp)), dr = sign(r) / count (alpha 1) or 2 r / count (alpha 2).
+__device__ __forceinline__ float gdl_pair_term(float p0, float p1, float t0, float t1, long long alpha)
+{
+    const float r = fabsf(t1 - t0) - fabsf(p1 - p0);
+    return alpha == 1 ? fabsf(r) : r * r;
+}
+
+__device__ __forceinline__ float gdl_pair_dgp(float p0, float p1, float t0, float t1, long long alpha,
+                                              long long count)
+{
+    const float gp = p1 - p0;
+    const float r = fabsf(t1 - t0) - fabsf(gp);
+    const float dr = alpha == 1 ? sign_of(r) / (float)count : 2.0f * r / (float)count;
+    return -dr * sign_of(gp);
+}
+
+// GDL terms: one thread per pixel (b, ch, i, j) of the (n, c, h, w) images. It writes the term of
+// the vertical pair ending at it (rows i-1, i) into term_v, shaped (n, c, h-1, w), when i > 0, and
+// of the horizontal pair ending at it (columns j-1, j) into term_h, shaped (n, c, h, w-1), when j > 0.
+extern "C" __global__ void gdl_loss_terms(const float* __restrict__ pred, const float* __restrict__ target,
+                                          float* __restrict__ term_v, float* __restrict__ term_h,
+                                          long long n, long long c, long long h, long long w,
+                                          long long alpha)
+{
+    const long long total = n * c * h * w;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long j = e % w, i = (e / w) % h, bc = e / (w * h);
+        if (i > 0)
+            term_v[(bc * (h - 1) + i - 1) * w + j] =
+                gdl_pair_term(pred[e - w], pred[e], target[e - w], target[e], alpha);
+        if (j > 0)
+            term_h[(bc * h + i) * (w - 1) + j - 1] =
+                gdl_pair_term(pred[e - 1], pred[e], target[e - 1], target[e], alpha);
+    }
+}
+
+// GDL gradient: one thread per pixel (b, ch, i, j), a gather over the (up to) four pairs the pixel
+// belongs to: + dgp of the pair where it is the later pixel, - dgp where it is the earlier one;
+// vertical pairs first, then horizontal (numpy_ops' order of accumulation).
+extern "C" __global__ void gdl_loss_grad(const float* __restrict__ pred, const float* __restrict__ target,
+                                         float* __restrict__ dpred,
+                                         long long n, long long c, long long h, long long w,
+                                         long long alpha)
+{
+    const long long count_v = n * c * (h - 1) * w, count_h = n * c * h * (w - 1);
+    const long long total = n * c * h * w;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long j = e % w, i = (e / w) % h;
+        float g = 0.0f;
+        if (i > 0)     g += gdl_pair_dgp(pred[e - w], pred[e], target[e - w], target[e], alpha, count_v);
+        if (i < h - 1) g -= gdl_pair_dgp(pred[e], pred[e + w], target[e], target[e + w], alpha, count_v);
+        if (j > 0)     g += gdl_pair_dgp(pred[e - 1], pred[e], target[e - 1], target[e], alpha, count_h);
+        if (j < w - 1) g -= gdl_pair_dgp(pred[e], pred[e + 1], target[e], target[e + 1], alpha, count_h);
+        dpred[e] = g;
+    }
+}
+
+// Binary cross-entropy on logits: one thread per logit e (n in all).
+// term = max(z, 0) - z t + log(1 + exp(-|z|)) (finite for any z), grad = (sigmoid(z) - t) / n.
+// The target is read at t[e * t_step]: t_step = 0 for one target shared by all logits, 1 for
+// one target per logit.
+extern "C" __global__ void bce_logits_terms(const float* __restrict__ z, const float* __restrict__ t,
+                                            long long t_step, float* __restrict__ term,
+                                            float* __restrict__ grad, long long n)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)blockDim.x * gridDim.x) {
+        const float ze = z[e], te = t[e * t_step];
+        term[e] = fmaxf(ze, 0.0f) - ze * te + log1pf(expf(-fabsf(ze)));
+        grad[e] = (stable_sigmoid(ze) - te) / (float)n;
+    }
+}

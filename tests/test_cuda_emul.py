@@ -1,0 +1,433 @@
+"""The CUDA backend (kernels/cupy_ops.py and kernels/*.cu) against the NumPy reference, without a GPU.
+
+Every op runs through `emulator.emulated_backend`: the backend's own Python launch code on NumPy
+arrays, the kernels compiled as C++ by g++ (see tests/emulator.py). Shapes are drawn by hypothesis,
+sizes are mostly not multiples of the block, and the launch geometry is drawn too, down to one
+block of 32 threads, so the grid-stride loops iterate. Data are float32: either normal draws or
+values on a coarse grid (multiples of 1/2), which make ties (max pooling), exact zeros (relu) and
+kinks (|.| at 0 in the losses) happen, so the conventions at those points are compared as well.
+
+Tolerances, |got - ref| <= atol + rtol |ref| elementwise (stated with each test):
+- EXACT (0, 0): pure data movement, and col2im, whose sums run in numpy_ops' order.
+- ELEMENTWISE (1e-6, 1e-5): one float32 formula per element (expf, tanhf, a few flops).
+- SUMS (1e-4, 1e-4): GEMMs and reductions of up to a few hundred float32 terms.
+- losses: the value within rtol 1e-5 (a float32 mean), the gradient with atol 1e-7 (it is /size).
+
+The same tests run against real CuPy (parameter id `gpu`) when it sees a GPU, else they skip.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import emulator
+from kernels import BackendError, cupy_ops, load_backend, numpy_ops as ref
+
+EXACT = dict(atol=0.0, rtol=0.0)
+ELEMENTWISE = dict(atol=1e-6, rtol=1e-5)
+SUMS = dict(atol=1e-4, rtol=1e-4)
+LOSS_VALUE = dict(atol=1e-6, rtol=1e-5)
+LOSS_GRAD = dict(atol=1e-7, rtol=1e-5)
+
+# (threads per block, max blocks): the default, then grids far smaller than the work
+GEOMETRIES = [(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS), (32, 1), (32, 3), (64, 2), (128, 5)]
+
+seeds = st.integers(0, 2**32 - 1)
+batch = st.integers(1, 3)
+channels = st.integers(1, 5)
+side = st.integers(1, 11)
+
+
+@pytest.fixture(scope="module", params=["emul", "gpu"])
+def make_ops(request):
+    """(block, max_blocks) -> a CudaOps: emulated on NumPy, or real CuPy when a GPU is there."""
+    if request.param == "emul":
+        if emulator.find_compiler() is None:
+            pytest.skip(f"emulation needs a C++ compiler: {emulator.CXX!r} is not on PATH")
+        emulator.default_launcher()                       # compile once, outside the examples
+        return lambda block, max_blocks: emulator.emulated_backend(block, max_blocks)
+    try:
+        cupy_ops.check_gpu()
+    except RuntimeError as e:
+        pytest.skip(f"no real GPU backend here: {e}")
+    return lambda block, max_blocks: cupy_ops.CudaOps(block=block, max_blocks=max_blocks)
+
+
+class Case:
+    """What one hypothesis example draws: a backend with a launch geometry, an rng, a data kind."""
+
+    def __init__(self, make_ops, data):
+        self.ops = make_ops(*data.draw(st.sampled_from(GEOMETRIES), label="block, max_blocks"))
+        self.rng = np.random.default_rng(data.draw(seeds, label="seed"))
+        self.grid = data.draw(st.booleans(), label="coarse-grid values")
+
+    def values(self, shape, scale=1.0):
+        """float32 host array: normal draws, or multiples of 1/2 in [-2, 2] (ties, zeros, kinks)."""
+        if self.grid:
+            return (self.rng.integers(-4, 5, shape) / 2 * scale).astype(np.float32)
+        return (self.rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def dev(self, a):
+        return self.ops.asarray(a)
+
+    def check(self, got, want, what, atol, rtol):
+        assert_close(self.ops.to_host(got), want, what, atol, rtol)
+
+
+def assert_close(got, want, what, atol, rtol):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    assert got.dtype == np.float32, f"{what}: dtype {got.dtype}, expected float32"
+    err = np.abs(got.astype(np.float64) - want)
+    bad = ~(err <= atol + rtol * np.abs(want))          # NaN counts as bad
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1)), bad.shape)
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} elements beyond |d| <= {atol} + {rtol}|ref|; "
+                             f"e.g. at {tuple(int(j) for j in i)}: got {got[i]!r}, ref {want[i]!r}")
+
+
+# --------------------------------------------------------------------------- conv2d
+@given(data=st.data())
+def test_cuda_im2col_col2im(make_ops, data):
+    c = Case(make_ops, data)
+    k = data.draw(st.sampled_from([1, 3, 5]), label="k")
+    pad = data.draw(st.sampled_from([0, k // 2]), label="pad")
+    lo = max(1, k - 2 * pad)
+    shape = (data.draw(batch), data.draw(channels), data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11)))
+    x = c.values(shape)
+    cols_ref = ref.im2col(x, k, pad)
+    c.check(c.ops.im2col(c.dev(x), k, pad), cols_ref, "im2col", **EXACT)
+    cols = c.values(cols_ref.shape)
+    c.check(c.ops.col2im(c.dev(cols), shape, k, pad), ref.col2im(cols, shape, k, pad), "col2im", **EXACT)
+
+
+@pytest.mark.parametrize("mode", ["same", "valid"])
+@given(data=st.data())
+def test_cuda_conv2d(make_ops, mode, data):
+    c = Case(make_ops, data)
+    k = data.draw(st.sampled_from([1, 3, 5, 7]), label="k")
+    lo = k if mode == "valid" else 1
+    n, c_in, c_out = data.draw(batch), data.draw(channels), data.draw(channels)
+    h, w = data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11))
+    x, wt, b = c.values((n, c_in, h, w)), c.values((c_out, c_in, k, k), 1 / k), c.values(c_out)
+    out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
+    out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode)
+    c.check(out, out_ref, "conv2d out", **SUMS)
+    dout = c.values(out_ref.shape)
+    need_dx = data.draw(st.booleans(), label="need_dx")
+    grads = c.ops.conv2d_backward(c.dev(dout), cache, need_dx=need_dx)
+    grads_ref = ref.conv2d_backward(dout, cache_ref, need_dx=need_dx)
+    for name, g, g_ref in zip(["dx", "dw", "db"], grads, grads_ref):
+        if g_ref is None:
+            assert g is None, "need_dx=False must give dx None"
+        else:
+            c.check(g, g_ref, f"conv2d {name}", **SUMS)
+
+
+# --------------------------------------------------------------------------- fully connected
+@given(data=st.data(), n=batch, d_in=st.integers(1, 300), d_out=st.integers(1, 40))
+def test_cuda_fc(make_ops, data, n, d_in, d_out):
+    c = Case(make_ops, data)
+    x, w, b = c.values((n, d_in)), c.values((d_out, d_in), d_in ** -0.5), c.values(d_out)
+    out_ref, cache_ref = ref.fc_forward(x, w, b)
+    out, cache = c.ops.fc_forward(c.dev(x), c.dev(w), c.dev(b))
+    c.check(out, out_ref, "fc out", **SUMS)
+    dout = c.values(out_ref.shape)
+    for name, g, g_ref in zip(["dx", "dw", "db"], c.ops.fc_backward(c.dev(dout), cache),
+                              ref.fc_backward(dout, cache_ref)):
+        c.check(g, g_ref, f"fc {name}", **SUMS)
+
+
+# --------------------------------------------------------------------------- activations
+@pytest.mark.parametrize("op", ["relu", "tanh", "sigmoid"])
+@given(data=st.data(), shape=st.tuples(batch, channels, side, side),
+       scale=st.sampled_from([1.0, 30.0]))
+def test_cuda_activation(make_ops, op, data, shape, scale):
+    """scale 30 saturates tanh and sigmoid (and sends exp(-|x|) towards underflow)."""
+    c = Case(make_ops, data)
+    x, dout = c.values(shape, scale), c.values(shape)
+    out_ref, cache_ref = getattr(ref, op + "_forward")(x)
+    out, cache = getattr(c.ops, op + "_forward")(c.dev(x))
+    tol = EXACT if op == "relu" else ELEMENTWISE
+    c.check(out, out_ref, f"{op} out", **tol)
+    c.check(getattr(c.ops, op + "_backward")(c.dev(dout), cache),
+            getattr(ref, op + "_backward")(dout, cache_ref), f"{op} dx", **tol)
+
+
+# --------------------------------------------------------------------------- resampling
+@given(data=st.data(), n=batch, ch=channels, f=st.sampled_from([1, 2, 3, 4, 8]),
+       hb=st.integers(1, 4), wb=st.integers(1, 4))
+def test_cuda_avgpool(make_ops, data, n, ch, f, hb, wb):
+    c = Case(make_ops, data)
+    x = c.values((n, ch, hb * f, wb * f))
+    out_ref, cache_ref = ref.avgpool_forward(x, f)
+    out, cache = c.ops.avgpool_forward(c.dev(x), f)
+    c.check(out, out_ref, "avgpool out", **ELEMENTWISE)     # a mean of f^2 <= 64 terms
+    dout = c.values(out_ref.shape)
+    c.check(c.ops.avgpool_backward(c.dev(dout), cache), ref.avgpool_backward(dout, cache_ref),
+            "avgpool dx", **EXACT)
+
+
+@given(data=st.data(), shape=st.tuples(batch, channels, side, side), f=st.sampled_from([1, 2, 3, 4]))
+def test_cuda_upsample(make_ops, data, shape, f):
+    c = Case(make_ops, data)
+    x = c.values(shape)
+    out_ref, cache_ref = ref.upsample_forward(x, f)
+    out, cache = c.ops.upsample_forward(c.dev(x), f)
+    c.check(out, out_ref, "upsample out", **EXACT)
+    dout = c.values(out_ref.shape)
+    c.check(c.ops.upsample_backward(c.dev(dout), cache), ref.upsample_backward(dout, cache_ref),
+            "upsample dx", **ELEMENTWISE)                     # a sum of f^2 <= 16 terms
+
+
+@given(data=st.data(), n=batch, ch=channels, h=st.integers(2, 11), w=st.integers(2, 11))
+def test_cuda_maxpool2(make_ops, data, n, ch, h, w):
+    """Odd sides (a dropped last row/column) and, on grid data, ties (the first maximum wins)."""
+    c = Case(make_ops, data)
+    x = c.values((n, ch, h, w))
+    out_ref, cache_ref = ref.maxpool2_forward(x)
+    out, cache = c.ops.maxpool2_forward(c.dev(x))
+    c.check(out, out_ref, "maxpool2 out", **EXACT)
+    dout = c.values(out_ref.shape)
+    c.check(c.ops.maxpool2_backward(c.dev(dout), cache), ref.maxpool2_backward(dout, cache_ref),
+            "maxpool2 dx", **EXACT)
+
+
+# --------------------------------------------------------------------------- plumbing
+@given(data=st.data(), n=batch, cs=st.lists(channels, min_size=1, max_size=4), h=side, w=side)
+def test_cuda_concat(make_ops, data, n, cs, h, w):
+    c = Case(make_ops, data)
+    xs = [c.values((n, ch, h, w)) for ch in cs]
+    out_ref, cache_ref = ref.concat_forward(xs)
+    out, cache = c.ops.concat_forward([c.dev(x) for x in xs])
+    c.check(out, out_ref, "concat out", **EXACT)
+    dout = c.values(out_ref.shape)
+    dxs, dxs_ref = c.ops.concat_backward(c.dev(dout), cache), ref.concat_backward(dout, cache_ref)
+    assert len(dxs) == len(dxs_ref)
+    for i, (g, g_ref) in enumerate(zip(dxs, dxs_ref)):
+        c.check(g, g_ref, f"concat dx{i}", **EXACT)
+
+
+@given(data=st.data(), shape=st.tuples(batch, channels, side, side))
+def test_cuda_flatten(make_ops, data, shape):
+    c = Case(make_ops, data)
+    x = c.values(shape)
+    out, cache = c.ops.flatten_forward(c.dev(x))
+    c.check(out, ref.flatten_forward(x)[0], "flatten out", **EXACT)
+    dout = c.values(out.shape)
+    c.check(c.ops.flatten_backward(c.dev(dout), cache), ref.flatten_backward(dout, shape), "flatten dx", **EXACT)
+
+
+# --------------------------------------------------------------------------- losses
+def check_loss(c, loss, grad, loss_ref, grad_ref, what):
+    assert np.ndim(c.ops.to_host(loss)) == 0, f"{what}: the loss must be a scalar"
+    assert_close(np.float32(float(loss)), np.float64(loss_ref), f"{what} value", **LOSS_VALUE)
+    c.check(grad, grad_ref, f"{what} gradient", **LOSS_GRAD)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@given(data=st.data(), shape=st.tuples(batch, channels, side, side))
+def test_cuda_lp_loss(make_ops, p, data, shape):
+    """On grid data, pred == target in places: the gradient at the kink is 0."""
+    c = Case(make_ops, data)
+    pred, target = c.values(shape), c.values(shape)
+    loss, grad = c.ops.lp_loss(c.dev(pred), c.dev(target), p)
+    check_loss(c, loss, grad, *ref.lp_loss(pred, target, p), f"L{p}")
+
+
+@pytest.mark.parametrize("alpha", [1, 2])
+@given(data=st.data(), shape=st.tuples(batch, channels, side, side), shifted=st.booleans())
+def test_cuda_gdl_loss(make_ops, alpha, data, shape, shifted):
+    """Sides of 1 (no pairs on that axis), and, with `shifted`, target = pred + 0.5 in places:
+    equal gradients, r = 0 exactly, GDL's kink."""
+    c = Case(make_ops, data)
+    pred, target = c.values(shape), c.values(shape)
+    if shifted:
+        target = np.where(c.rng.random(shape) < 0.7, pred + np.float32(0.5), target).astype(np.float32)
+    loss, grad = c.ops.gdl_loss(c.dev(pred), c.dev(target), alpha)
+    check_loss(c, loss, grad, *ref.gdl_loss(pred, target, alpha), f"GDL alpha={alpha}")
+
+
+@pytest.mark.parametrize("target", ["0", "1", "array"])
+@given(data=st.data(), n=st.integers(1, 70), scale=st.sampled_from([1.0, 3.0, 100.0]))
+def test_cuda_bce_logits_loss(make_ops, target, data, n, scale):
+    """scale 100: logits far out, where only the stable formulas stay finite."""
+    c = Case(make_ops, data)
+    z = c.values((n, 1), scale)
+    if target == "array":
+        t_host = (c.rng.random((n, 1)) < 0.5).astype(np.float32)
+        t = c.dev(t_host)
+    else:
+        t_host = t = float(target)
+    loss, grad = c.ops.bce_logits_loss(c.dev(z), t)
+    check_loss(c, loss, grad, *ref.bce_logits_loss(z, t_host), f"BCE target={target}")
+
+
+# --------------------------------------------------------------------------- errors, plumbing
+def test_cuda_refuses_float64_with_a_clear_error(make_ops):
+    ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
+    x = ops.asarray(np.zeros((1, 2, 4, 4)))                 # float64
+    with pytest.raises(TypeError, match="relu x: the CUDA kernels are float32, got float64"):
+        ops.relu_forward(x)
+    w = ops.asarray(np.zeros((3, 2, 3, 3), np.float32))
+    with pytest.raises(TypeError, match="conv2d x: .*float32"):
+        ops.conv2d_forward(x, w, ops.asarray(np.zeros(3, np.float32)), "same")
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda ops, a: ops.conv2d_forward(a((1, 3, 8, 8)), a((4, 2, 3, 3)), a(4), "same"), ValueError,
+     "3 channels but the weight expects 2"),
+    (lambda ops, a: ops.conv2d_forward(a((1, 3, 8, 8)), a((4, 3, 3, 3)), a(3), "same"), ValueError,
+     r"bias must have shape \(4,\)"),
+    (lambda ops, a: ops.fc_forward(a((2, 5)), a((3, 4)), a(3)), ValueError, "5 features but the weight expects 4"),
+    (lambda ops, a: ops.avgpool_forward(a((1, 3, 6, 8)), 4), ValueError, "must divide by 4"),
+    (lambda ops, a: ops.avgpool_forward(a((1, 3, 8, 8)), 2.0), TypeError, "float"),
+    (lambda ops, a: ops.maxpool2_forward(a((1, 1, 1, 5))), ValueError, "smaller than the 2x2 window"),
+    (lambda ops, a: ops.lp_loss(a((1, 3, 4, 4)), a((1, 3, 4, 5)), 2), ValueError, "differ"),
+    (lambda ops, a: ops.gdl_loss(a((1, 3, 4, 4)), a((1, 3, 4, 4)), 3), ValueError, "alpha must be 1 or 2"),
+    (lambda ops, a: ops.relu_backward(a((2, 3)), ops.relu_forward(a((3, 2)))[1]), ValueError, "dout has shape"),
+    (lambda ops, a: ops.relu_forward([0.0]), TypeError, "expected a .* array, got list"),
+])
+def test_cuda_bad_input_raises(make_ops, call, error, message):
+    ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
+    with pytest.raises(error, match=message):
+        call(ops, lambda shape: ops.asarray(np.zeros(shape, np.float32)))
+
+
+def test_cuda_asarray_to_host_round_trip(make_ops):
+    ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    dev = ops.asarray(host)
+    assert isinstance(dev, ops.xp.ndarray) and dev.dtype == np.float32
+    back = ops.to_host(dev)
+    assert isinstance(back, np.ndarray)
+    np.testing.assert_array_equal(back, host)
+    assert ops.asarray(np.zeros(2), dtype=np.float32).dtype == np.float32
+    assert ops.name == "gpu"
+
+
+def test_cuda_load_backend_without_gpu_says_why(capsys):
+    try:
+        cupy_ops.check_gpu()
+    except RuntimeError:
+        pass
+    else:
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(BackendError, match="--device gpu: no usable GPU"):
+        load_backend("gpu")
+    assert load_backend("auto") is ref
+    assert "running on the CPU" in capsys.readouterr().err
+    assert load_backend("cpu") is ref
+
+
+# --------------------------------------------------------------------------- the harness itself
+def every_op_once(ops, rng):
+    """Each op forward and backward on small float32 data, sizes above a 32 x 2 grid."""
+    a = lambda *shape: ops.asarray(rng.standard_normal(shape).astype(np.float32))
+    x = a(2, 3, 6, 6)
+    for mode in ("same", "valid"):
+        out, cache = ops.conv2d_forward(x, a(4, 3, 3, 3), a(4), mode)
+        ops.conv2d_backward(a(*out.shape), cache)
+    out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5))
+    ops.fc_backward(a(3, 5), cache)
+    for op in ("relu", "tanh", "sigmoid", "maxpool2"):
+        out, cache = getattr(ops, op + "_forward")(x)
+        getattr(ops, op + "_backward")(a(*out.shape), cache)
+    for op in ("avgpool", "upsample"):
+        out, cache = getattr(ops, op + "_forward")(x, 2)
+        getattr(ops, op + "_backward")(a(*out.shape), cache)
+    out, cache = ops.concat_forward([x, a(2, 1, 6, 6)])
+    ops.concat_backward(a(*out.shape), cache)
+    ops.lp_loss(x, a(2, 3, 6, 6), 1)
+    ops.gdl_loss(x, a(2, 3, 6, 6), 1)
+    ops.bce_logits_loss(a(5, 1), 1.0)
+
+
+def test_emul_every_kernel_is_launched_and_covered():
+    """The ops launch every kernel of kernels/*.cu (so the op tests above cover them all)."""
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    launcher = emulator.EmulatedLauncher()
+    every_op_once(cupy_ops.CudaOps(xp=np, launch=launcher, block=32, max_blocks=2), np.random.default_rng(0))
+    all_kernels = {n for src in cupy_ops.kernel_sources().values() for n in cupy_ops.kernel_names(src)}
+    assert set(launcher.kernels) == all_kernels
+    assert set(launcher.launches) == all_kernels, f"never launched: {sorted(all_kernels - set(launcher.launches))}"
+
+
+PROBE = r"""
+extern "C" __global__ void probe(const float* x, float* y, long long n, double a, float b, int c)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)blockDim.x * gridDim.x)
+        y[i] = (float)(x[i] * a) + b + (float)c;
+}
+extern "C" __global__ void overrun(float* y, long long n)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i <= n; i += (long long)blockDim.x * gridDim.x)
+        y[i] = 1.0f;     // i == n is one past the end
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe():
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    return emulator.EmulatedLauncher(sources={"probe.cu": PROBE})
+
+
+def probe_args(**change):
+    args = dict(x=np.arange(10, dtype=np.float32), y=np.zeros(10, np.float32), n=10, a=2.0,
+                b=np.float32(0.5), c=np.int32(3))
+    args.update(change)
+    return tuple(args.values())
+
+
+def read_only(a):
+    a.flags.writeable = False
+    return a
+
+
+def test_emul_correct_launch_runs(probe):
+    args = probe_args()
+    probe("probe", (2,), (3,), args)                         # 6 threads for 10 elements: the loop iterates
+    np.testing.assert_array_equal(args[1], np.arange(10) * 2 + 3.5)
+
+
+@pytest.mark.parametrize("name, grid, block, args, message", [
+    ("probe", (1,), (32,), probe_args(n=10.0), r"argument 2 'n' \(long long\): got a Python float"),
+    ("probe", (1,), (32,), probe_args(a=2), r"argument 3 'a' \(double\): got a Python int"),
+    ("probe", (1,), (32,), probe_args(b=0.5), r"argument 4 'b' \(float\): got a Python float"),
+    ("probe", (1,), (32,), probe_args(c=3), r"argument 5 'c' \(int\): got a Python int"),
+    ("probe", (1,), (32,), probe_args(n=np.int32(10)), r"argument 2 'n'.*int32 scalar"),
+    ("probe", (1,), (32,), probe_args(x=np.arange(10.0)), r"argument 0 'x' \(const float\*\): got an array of float64"),
+    ("probe", (1,), (32,), probe_args(x=np.arange(20, dtype=np.float32)[::2]), "not C-contiguous"),
+    ("probe", (1,), (32,), probe_args(y=read_only(np.zeros(10, np.float32))), "read-only"),
+    ("probe", (1,), (32,), probe_args(x=1.0), r"argument 0 'x'.*expected an array"),
+    ("probe", (1,), (32,), probe_args(n=np.zeros(1, np.int64)), r"argument 2 'n'.*expected a scalar"),
+    ("probe", (1,), (32,), probe_args(n=True), "Python bool"),
+    ("probe", (1,), (32,), probe_args(n=[10]), "a list, which CuPy cannot pass"),
+    ("probe", (1,), (32,), probe_args()[:5], "takes 6 arguments"),
+    ("probe", (0,), (32,), probe_args(), r"grid \(0,\)"),
+    ("probe", (1,), (2048,), probe_args(), r"block \(2048,\)"),
+    ("probe", 1, (32,), probe_args(), "grid must be a tuple"),
+    ("missing", (1,), (32,), probe_args(), "no kernel named 'missing'"),
+])
+def test_emul_wrong_launch_is_refused(probe, name, grid, block, args, message):
+    with pytest.raises(emulator.LaunchError, match=message):
+        probe(name, grid, block, args)
+
+
+def test_emul_out_of_bounds_write_is_caught(probe):
+    with pytest.raises(emulator.LaunchError, match="wrote outside the array of argument 0 'y'"):
+        probe("overrun", (1,), (32,), (np.zeros(10, np.float32), 10))
+
+
+def test_emul_wrong_launch_from_backend_code_is_caught():
+    """A launch with the arguments in the wrong order, as a slip in cupy_ops.py would make it."""
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    ops = emulator.emulated_backend()
+    x, out = np.zeros(5, np.float32), np.zeros(5, np.float32)
+    with pytest.raises(emulator.LaunchError, match=r"kernel relu_forward, argument 1 'out'"):
+        ops._run("relu_forward", 5, x, 5, out)
+    with pytest.raises(emulator.LaunchError, match=r"kernel avgpool_forward, argument 6 'f' \(long long\)"):
+        ops._run("avgpool_forward", 4, x, out, 1, 1, 2, 2, 2.0)

@@ -1,0 +1,420 @@
+"""Tests for data.py: tensor helpers, SyntheticVideos, read_frames and VideoFolder.
+
+The folder tests write their own small videos (12 frames of 40x48, a moving square) with imageio
+into a UCF101-like layout under tmp_path; nothing is downloaded."""
+import shutil
+import time
+import warnings
+
+import imageio.v2 as iio
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from PIL import Image
+
+import data
+from data import DataError, DataWarning, SyntheticVideos, VideoFolder
+
+
+# ----------------------------------------------------------------------------- helpers
+def moving_square(T=12, H=40, W=48, speed=2, seed=0):
+    """uint8 (T, H, W, 3): a bright 10x10 square moving right by `speed` px/frame over static noise."""
+    rng = np.random.default_rng(seed)
+    bg = rng.integers(40, 120, (H, W, 3), dtype=np.uint8)
+    frames = np.repeat(bg[None], T, axis=0)
+    for t in range(T):
+        x = (2 + speed * t) % (W - 10)
+        frames[t, 12:22, x:x + 10] = (250, 200, 30)
+    return frames
+
+
+def write_video(path, frames):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.mimwrite(str(path), list(frames), fps=10, macro_block_size=8)
+    return path
+
+
+def write_frame_folder(folder, frames):
+    """Frames as 1.png, 2.png, ..., 12.png (natural order differs from lexicographic order)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{t + 1}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def templates(tmp_path_factory):
+    """Video files written once and copied into each test's folder (ffmpeg is the slow part)."""
+    d = tmp_path_factory.mktemp("templates")
+    return {
+        "avi": write_video(d / "a.avi", moving_square(seed=1)),
+        "avi2": write_video(d / "b.avi", moving_square(seed=2, speed=3)),
+        "mp4": write_video(d / "c.mp4", moving_square(seed=3)),
+        "short": write_video(d / "short.avi", moving_square(T=3, seed=4)),
+        "tiny": write_video(d / "tiny.avi", moving_square(T=12, H=16, W=24, speed=1, seed=5)),
+    }
+
+
+def put(templates, name, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    return shutil.copyfile(templates[name], dest)
+
+
+@pytest.fixture(scope="module")
+def ucf(templates, tmp_path_factory):
+    """data/UCF-101/<Class>/v_<Class>_gXX_c01.avi plus a frame folder and a stray text file."""
+    root = tmp_path_factory.mktemp("data")
+    u = root / "UCF-101"
+    put(templates, "avi", u / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")
+    put(templates, "avi2", u / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g02_c01.avi")
+    put(templates, "mp4", u / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g03_c01.mp4")
+    # UCF101's own quirk: folder HandstandPushups, files v_HandStandPushups_...
+    put(templates, "avi2", u / "HandstandPushups" / "v_HandStandPushups_g01_c01.avi")
+    write_frame_folder(u / "BoxingBag" / "v_BoxingBag_g01_c01", moving_square(H=36, W=44, seed=6))
+    (u / "notes.txt").write_text("not a video")
+    return root
+
+
+# ----------------------------------------------------------------------------- tensor helpers
+def test_data_to_unit_to_uint8_roundtrip():
+    u = np.arange(256, dtype=np.uint8)
+    x = data.to_unit(u)
+    assert x.dtype == np.float32 and x[0] == -1.0 and x[-1] == 1.0
+    assert np.array_equal(data.to_uint8(x), u)
+    assert np.array_equal(data.to_uint8(np.array([-3.0, 3.0])), [0, 255])  # clipped
+
+
+@given(T=st.integers(1, 5), lead=st.integers(0, 2))
+def test_data_stack_unstack_layout(T, lead):
+    shape = (2,) * lead + (T, 3, 4, 5)
+    f = np.arange(np.prod(shape)).reshape(shape)
+    s = data.stack_frames(f)
+    assert s.shape == (2,) * lead + (3 * T, 4, 5)
+    for t in range(T):
+        for c in range(3):
+            assert np.array_equal(s[..., 3 * t + c, :, :], f[..., t, c, :, :])
+    assert np.array_equal(data.unstack_frames(s), f)
+
+
+def test_data_motion():
+    still = np.zeros((4, 3, 8, 8), np.float32)
+    assert data.motion(still) == 0.0
+    moving = still.copy()
+    moving[2:] = 1.0
+    assert data.motion(moving) == pytest.approx(1.0 / 3.0)  # one jump of 1 over 3 pairs
+
+
+# ----------------------------------------------------------------------------- synthetic
+def test_synthetic_sample_shapes_dtype_range():
+    src = data.open_source(None, seed=0)
+    assert isinstance(src, SyntheticVideos)
+    for m, n, patch in ((4, 1, 32), (8, 8, 16), (2, 3, 64)):
+        X, Y = src.sample(3, m, n, patch, np.random.default_rng(0))
+        assert X.shape == (3, 3 * m, patch, patch) and Y.shape == (3, 3 * n, patch, patch)
+        assert X.dtype == np.float32 and Y.dtype == np.float32
+        assert X.min() >= -1 and X.max() <= 1 and Y.min() >= -1 and Y.max() <= 1
+        assert X.std() > 0.1  # not blank
+
+
+def test_synthetic_deterministic_and_seeded():
+    a = SyntheticVideos(seed=3).sample(4, 4, 1, 32, np.random.default_rng(7))
+    b = SyntheticVideos(seed=3).sample(4, 4, 1, 32, np.random.default_rng(7))
+    c = SyntheticVideos(seed=4).sample(4, 4, 1, 32, np.random.default_rng(7))
+    d = SyntheticVideos(seed=3).sample(4, 4, 1, 32, np.random.default_rng(8))
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert not np.array_equal(a[0], d[0])
+    # consecutive calls on one rng go on with new data
+    rng = np.random.default_rng(7)
+    src = SyntheticVideos(seed=3)
+    assert not np.array_equal(src.sample(4, 4, 1, 32, rng)[0], src.sample(4, 4, 1, 32, rng)[0])
+
+
+def test_synthetic_test_clips_fixed_and_disjoint():
+    src = SyntheticVideos(seed=0)
+    t1 = src.test_clips(6, 5)
+    t2 = SyntheticVideos(seed=0).test_clips(6, 5)
+    assert t1.shape == (6, 5, 3, 64, 64) and t1.dtype == np.float32
+    assert np.array_equal(t1, t2)
+    assert np.array_equal(src.test_clips(2, 5), t1[:2])  # clip i does not depend on count
+    assert t1.min() >= -1 and t1.max() <= 1
+    crop = src.test_clips(2, 3, size=(32, 40))
+    assert crop.shape == (2, 3, 3, 32, 40)
+    assert np.array_equal(crop, t1[:2, :3, :, 16:48, 12:52])
+    # no training patch appears anywhere in a test clip's first frames
+    X, _ = src.sample(16, 4, 1, 32, np.random.default_rng(0))
+    windows = np.lib.stride_tricks.sliding_window_view(t1[:, 0], (32, 32), axis=(2, 3))  # (6,3,33,33,32,32)
+    windows = windows.transpose(0, 2, 3, 1, 4, 5).reshape(-1, 3, 32, 32)
+    for x in X[:, :3]:
+        assert not np.any(np.all(windows == x, axis=(1, 2, 3)))
+    # and the rendered training clips differ from the test clips
+    train = np.stack([src.render(5, (0, k)) for k in range(6)])
+    assert not any(np.array_equal(a, b) for a in train for b in t1)
+
+
+def test_synthetic_shorter_clip_is_prefix():
+    src = SyntheticVideos(seed=5)
+    assert np.array_equal(src.render(3, (0, 11)), src.render(8, (0, 11))[:3])
+    assert np.array_equal(src.test_clips(2, 2), src.test_clips(2, 6)[:, :2])
+
+
+def test_synthetic_motion_filter():
+    rng = np.random.default_rng(1)
+    src = SyntheticVideos(seed=0, max_tries=50)
+    assert src.min_motion == data.MIN_MOTION > 0
+    X, Y = src.sample(64, 4, 1, 32, rng)
+    clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
+    assert all(data.motion(c) > src.min_motion for c in clips)
+    # without the filter some patches are still (background only): the filter is doing work
+    src.min_motion = -1.0
+    X, Y = src.sample(64, 4, 1, 32, np.random.default_rng(1))
+    clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
+    assert sum(data.motion(c) <= data.MIN_MOTION for c in clips) >= 1
+
+
+def test_synthetic_next_frame_differs_from_last():
+    X, Y = SyntheticVideos(seed=0).sample(32, 4, 1, 32, np.random.default_rng(2))
+    diff = np.mean((X[:, 9:12] - Y) ** 2, axis=(1, 2, 3))
+    assert np.mean(diff > 0) > 0.8
+    assert diff.mean() > 1e-3
+
+
+def test_synthetic_motion_mostly_predictable():
+    """Velocities of 1-3 px/frame per axis, kept from one frame to the next most of the time."""
+    src, rng = SyntheticVideos(seed=0), np.random.default_rng(0)
+    same = total = 0
+    for _ in range(200):
+        pos = src._trajectory(rng, 10, 6)
+        assert np.all((pos >= 6) & (pos <= 64 - 1 - 6))
+        v = np.diff(pos, axis=0)
+        assert np.abs(v).max() <= 3 and np.all(np.abs(v).max(axis=1) >= 1)
+        a, b = v[1:], v[:-1]
+        same += np.sum(np.all(a == b, axis=1) | np.any(a == -b, axis=1) & np.any(a != b, axis=1))
+        total += len(a)
+    assert same / total > 0.8  # unchanged or bounced
+
+
+def test_synthetic_render_is_fast():
+    src = SyntheticVideos(seed=0)
+    src.render(5, (0, 0))
+    t = time.perf_counter()
+    for k in range(50):
+        src.render(5, (0, k))
+    assert (time.perf_counter() - t) / 50 < 0.02  # a few ms a clip of 5 frames of 64x64
+
+
+def test_synthetic_bad_arguments():
+    src = SyntheticVideos()
+    with pytest.raises(DataError, match="patch"):
+        src.sample(2, 4, 1, 65, np.random.default_rng(0))
+    with pytest.raises(DataError, match="batch"):
+        src.sample(0, 4, 1, 32, np.random.default_rng(0))
+    with pytest.raises(DataError, match="m must"):
+        src.sample(2, 2.5, 1, 32, np.random.default_rng(0))
+    with pytest.raises(DataError):
+        src.test_clips(1, 2, size=(72, 8))
+    with pytest.raises(DataError, match="split list"):
+        data.open_source(None, split_list="testlist01.txt")
+
+
+# ----------------------------------------------------------------------------- read_frames
+def test_data_read_frames_video_and_frame_folder(ucf, tmp_path):
+    v = data.read_frames(ucf / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi")
+    assert v.shape == (12, 40, 48, 3) and v.dtype == np.uint8
+    for t in (0, 5, 11):  # lossy codec: the square is where it was written
+        x = 2 + 2 * t
+        assert v[t, 14:20, x + 2:x + 8, 0].mean() > 200 and v[t, 14:20, x + 2:x + 8, 2].mean() < 90
+    f = data.read_frames(ucf / "UCF-101" / "BoxingBag" / "v_BoxingBag_g01_c01")
+    assert np.array_equal(f, moving_square(H=36, W=44, seed=6))  # PNG is lossless, order natural
+    g = write_frame_folder(tmp_path / "gray", [np.full((8, 8), 9 * t, np.uint8) for t in range(3)])
+    assert data.read_frames(g).shape == (3, 8, 8, 3)
+
+
+def test_data_read_frames_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist: .*nope.avi"):
+        data.read_frames(tmp_path / "nope.avi")
+    bad = tmp_path / "x.mp4"
+    bad.write_bytes(b"garbage" * 100)
+    with pytest.raises(DataError, match="x.mp4"):
+        data.read_frames(bad)
+    (tmp_path / "f.txt").write_text("hi")
+    with pytest.raises(DataError, match="f.txt"):
+        data.read_frames(tmp_path / "f.txt")
+    d = write_frame_folder(tmp_path / "frames", moving_square(T=3))
+    (d / "4.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="4.png"):
+        data.read_frames(d)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="empty"):
+        data.read_frames(tmp_path / "empty")
+
+
+# ----------------------------------------------------------------------------- VideoFolder
+def test_folder_discovery_recursive(ucf):
+    found = [p.relative_to(ucf).as_posix() for p in data.find_videos(ucf)]
+    assert found == [
+        "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g02_c01.avi",
+        "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g03_c01.mp4",
+        "UCF-101/BoxingBag/v_BoxingBag_g01_c01",
+        "UCF-101/HandstandPushups/v_HandStandPushups_g01_c01.avi",
+    ]
+    src = data.open_source(ucf)
+    assert isinstance(src, VideoFolder)
+    # no split list: the last 10% (at least one) are held out
+    assert [p for p, _ in src.test_videos] == [data.find_videos(ucf)[-1]]
+    assert len(src.train_videos) == 4 and not set(src.train_videos) & set(src.test_videos)
+
+
+def test_folder_sample_shapes_and_determinism(ucf):
+    src = VideoFolder(ucf)
+    X, Y = src.sample(6, 4, 1, 32, np.random.default_rng(0))
+    assert X.shape == (6, 12, 32, 32) and Y.shape == (6, 3, 32, 32)
+    assert X.dtype == np.float32 and Y.dtype == np.float32
+    assert X.min() >= -1 and X.max() <= 1 and Y.min() >= -1 and Y.max() <= 1
+    X2, Y2 = VideoFolder(ucf).sample(6, 4, 1, 32, np.random.default_rng(0))
+    assert np.array_equal(X, X2) and np.array_equal(Y, Y2)
+    clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
+    assert all(data.motion(c) > src.min_motion for c in clips)  # the square moves in every video
+    X, Y = src.sample(2, 8, 4, 16, np.random.default_rng(1))  # frame sizes differ across videos
+    assert X.shape == (2, 24, 16, 16) and Y.shape == (2, 12, 16, 16)
+
+
+def test_folder_split_list_every_nth(ucf, tmp_path):
+    lst = tmp_path / "testlist01.txt"
+    lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"
+                   "HandstandPushups/v_HandStandPushups_g01_c01.avi 37\n"
+                   "BoxingBag/v_BoxingBag_g01_c01.avi\n"           # a frame folder named without .avi
+                   "ApplyEyeMakeup/v_ApplyEyeMakeup_g03_c01.avi\n"  # stored as .mp4
+                   "\n")
+    names = lambda entries: [p.name for p, _ in entries]
+    test = VideoFolder(ucf, split_list=lst, subset="test")
+    assert names(test.videos) == ["v_ApplyEyeMakeup_g01_c01.avi", "v_HandStandPushups_g01_c01.avi",
+                                  "v_BoxingBag_g01_c01", "v_ApplyEyeMakeup_g03_c01.mp4"]
+    every2 = data.open_source(ucf, split_list=lst, every_nth=2, subset="test")
+    assert names(every2.videos) == ["v_ApplyEyeMakeup_g01_c01.avi", "v_BoxingBag_g01_c01"]
+    train = VideoFolder(ucf, split_list=lst, every_nth=2)
+    assert names(train.videos) == ["v_ApplyEyeMakeup_g02_c01.avi"]  # every listed video stays out
+    assert names(train.test_videos) == names(every2.videos)
+    X, Y = train.sample(2, 4, 1, 32, np.random.default_rng(0))
+    assert X.shape == (2, 12, 32, 32)
+    # unknown entries warn; a list matching nothing is an error
+    lst.write_text(lst.read_text() + "Nope/v_Nope_g01_c01.avi\n")
+    with pytest.warns(DataWarning, match="1 entries"):
+        VideoFolder(ucf, split_list=lst, subset="test")
+    lst.write_text("Nope/v_Nope_g01_c01.avi\n")
+    with pytest.raises(DataError, match="testlist01.txt"):
+        VideoFolder(ucf, split_list=lst)
+    with pytest.raises(DataError, match="does not exist"):
+        VideoFolder(ucf, split_list=tmp_path / "missing.txt")
+
+
+def test_folder_cache_reuse(ucf, monkeypatch):
+    calls = []
+    real = data.read_frames
+    monkeypatch.setattr(data, "read_frames", lambda p: calls.append(p) or real(p))
+    src = VideoFolder(ucf)
+    src.sample(32, 4, 1, 32, np.random.default_rng(0))
+    assert src.decodes == len(calls) == len(src.train_videos) == 4  # each video decoded once
+    src.sample(32, 4, 1, 32, np.random.default_rng(1))
+    assert src.decodes == len(calls) == 4  # all from the cache
+    # a cache with room for one video only: it evicts and decodes again...
+    one = 12 * 40 * 48 * 3 / 2 ** 20
+    uniform = VideoFolder(ucf, cache_mib=one * 1.5, reuse=0.0)
+    uniform.sample(32, 4, 1, 16, np.random.default_rng(0))
+    assert uniform.decodes > 8 and len(uniform._cache) == 1
+    # ...unless it mostly draws from what is cached
+    reusing = VideoFolder(ucf, cache_mib=one * 1.5, reuse=0.9)
+    reusing.sample(32, 4, 1, 16, np.random.default_rng(0))
+    assert reusing.decodes < uniform.decodes / 2 and len(reusing._cache) == 1
+
+
+def test_folder_lru_evicts_least_recently_used(ucf):
+    src = VideoFolder(ucf, cache_mib=2.5 * 12 * 40 * 48 * 3 / 2 ** 20)
+    a, b, c = src.train_videos[:3]
+    src._load(a), src._load(b), src._load(a), src._load(c)  # b is the least recently used
+    assert list(src._cache) == [a[0], c[0]] and src.decodes == 3
+    src._load(a)
+    assert src.decodes == 3
+
+
+def test_folder_sample_wraps_unexpected_errors(ucf, monkeypatch):
+    def boom(path):
+        raise RuntimeError("decoder exploded")
+    monkeypatch.setattr(data, "read_frames", boom)
+    with pytest.raises(DataError, match="decoder exploded"):
+        VideoFolder(ucf).sample(2, 4, 1, 32, np.random.default_rng(0))
+
+
+def test_folder_missing_and_empty(tmp_path):
+    with pytest.raises(DataError, match="does not exist: .*nowhere"):
+        data.open_source(tmp_path / "nowhere")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"no videos in .*\.mp4"):
+        VideoFolder(tmp_path)
+    with pytest.raises(DataError, match="subset"):
+        VideoFolder(tmp_path, subset="val")
+
+
+def test_folder_corrupt_short_small_skipped(templates, tmp_path):
+    put(templates, "avi", tmp_path / "a_good.avi")
+    (tmp_path / "b_bad.mp4").write_bytes(b"garbage" * 100)
+    put(templates, "short", tmp_path / "c_short.avi")
+    put(templates, "tiny", tmp_path / "d_tiny.avi")
+    put(templates, "avi2", tmp_path / "z_held_out.avi")
+    src = VideoFolder(tmp_path)
+    with pytest.warns(DataWarning) as record:
+        X, Y = src.sample(24, 4, 1, 32, np.random.default_rng(0))
+    assert X.shape == (24, 12, 32, 32)
+    assert sorted(p.rsplit("/", 1)[-1] for p, _ in src.skipped) == ["b_bad.mp4", "c_short.avi", "d_tiny.avi"]
+    text = " ".join(str(w.message) for w in record)
+    assert "b_bad.mp4" in text and "c_short.avi" in text and "only 3 frames" in text and "d_tiny.avi" in text
+    assert [p.name for p, _ in src.videos] == ["a_good.avi"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # skipped once, not warned about again
+        src.sample(4, 4, 1, 32, np.random.default_rng(1))
+
+
+def test_folder_nothing_usable(templates, tmp_path):
+    (tmp_path / "a_bad.mp4").write_bytes(b"garbage")
+    put(templates, "short", tmp_path / "b_short.avi")
+    put(templates, "avi", tmp_path / "z_held_out.avi")
+    src = VideoFolder(tmp_path)
+    with pytest.warns(DataWarning), pytest.raises(DataError, match="no usable video"):
+        src.sample(2, 4, 1, 32, np.random.default_rng(0))
+    assert len(src.skipped) == 2
+
+
+def test_folder_test_clips(ucf, tmp_path):
+    src = VideoFolder(ucf, split_list=_write(tmp_path / "t.txt", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"
+                                                                 "BoxingBag/v_BoxingBag_g01_c01.avi\n"))
+    clips = src.test_clips(2, 5)
+    # frame sizes 40x48 and 36x44: the common 36x44, cropped down to multiples of 8
+    assert clips.shape == (2, 5, 3, 32, 40) and clips.dtype == np.float32
+    assert clips.min() >= -1 and clips.max() <= 1
+    assert np.array_equal(clips, src.test_clips(2, 5))
+    boxing = data.to_unit(moving_square(H=36, W=44, seed=6)[:5, 2:34, 2:42]).transpose(0, 3, 1, 2)
+    assert np.array_equal(clips[1], boxing)
+    assert src.test_clips(2, 5, size=(16, 24)).shape == (2, 5, 3, 16, 24)
+    # more clips than videos: the next windows, round robin; then a warning when they run out
+    more = src.test_clips(4, 5)
+    assert np.array_equal(more[:2], clips)
+    assert np.array_equal(more[3], data.to_unit(moving_square(H=36, W=44, seed=6)[5:10, 2:34, 2:42]).transpose(0, 3, 1, 2))
+    with pytest.warns(DataWarning, match="only 4 test clips"):
+        assert len(src.test_clips(9, 5)) == 4
+    assert not {p for p, _ in src.videos} & {p for p, _ in src.test_videos}
+
+
+def test_folder_single_video_split_in_time(templates, tmp_path):
+    put(templates, "avi", tmp_path / "only.avi")
+    src = VideoFolder(tmp_path)
+    X, _ = src.sample(3, 4, 1, 32, np.random.default_rng(0))
+    assert X.shape == (3, 12, 32, 32)
+    assert src.test_clips(1, 2).shape == (1, 2, 3, 40, 48)  # frames 10-11 of 12, never trained on
+    assert len(src._load(src.videos[0])) == 10 and len(src._load(src.test_videos[0])) == 2
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
