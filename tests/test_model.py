@@ -20,7 +20,7 @@ TOL_END_TO_END = 1e-5
 no_shrink = settings(max_examples=6, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
-def tiny_case(loss, m, n, patch, single_scale, seed, batch=2):
+def tiny_case(loss, m, n, patch, single_scale, seed, batch=1):
     config = fp.make_config(m=m, n=n, patch=patch, width=TINY, loss=loss, single_scale=single_scale)
     params = fp.init_params(config, seed=seed, dtype=np.float64)
     for key in params:         # He-scale weights: Torch's init at these widths leaves gradients near
@@ -118,12 +118,12 @@ def test_paper_parameter_counts():
 @pytest.mark.parametrize("loss", sorted(fp.LOSS_PRESETS))
 def test_training_on_fixed_batch_lowers_loss(loss):
     """Algorithm 1 on one fixed tiny batch: G's loss goes down; with the adversarial term D's too."""
-    config = fp.make_config(m=2, n=1, patch=32, width=1 / 16, loss=loss)
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss=loss)
     params = fp.init_params(config, seed=1)
     rng = np.random.default_rng(0)
-    X = rng.uniform(-1, 1, (4, 6, 32, 32)).astype(np.float32)
+    X = rng.uniform(-1, 1, (2, 6, 32, 32)).astype(np.float32)
     Y = np.clip(X[:, -3:] + 0.2, -1, 1).astype(np.float32)
-    logs = [fp.train_step(ops, params, config, (X, Y), (X, Y), lr_g=0.04) for _ in range(40)]
+    logs = [fp.train_step(ops, params, config, (X, Y), (X, Y), lr_g=0.04) for _ in range(30)]
     first, last = logs[0], logs[-1]
     assert last["g_lp"] < 0.8 * first["g_lp"], (first, last)
     if config["lam_gdl"]:
