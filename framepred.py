@@ -320,12 +320,12 @@ def g_loss(ops, params, config, X, Y, preds):
 
 
 # ----------------------------------------------------------------------------- Algorithm 1
-def lr_g_at(step, total_steps):
+def lr_g_at(step, total_steps, start=LR_G_START, end=LR_G_END):
     """rho_G lowered from 0.04 to 0.005 over the run (section 4.1), geometrically: the same
     factor every step, so each halving of rho_G takes the same number of steps."""
     if total_steps <= 1:
-        return LR_G_START
-    return LR_G_START * (LR_G_END / LR_G_START) ** (step / (total_steps - 1))
+        return start
+    return start * (end / start) ** (min(step, total_steps - 1) / (total_steps - 1))
 
 
 def sgd_update(params, grads, lr):

@@ -13,14 +13,20 @@ Conventions used throughout:
   defined on the grid of ``frame0`` and pointing to where that pixel is in ``frame1``:
   frame1(x + flow(x)) ~= frame0(x), i.e. ``warp(frame1, flow) ~= frame0``.
 - Frame histories use the network-input layout of SPEC "Tensors": (N, 3m, H, W), oldest frame
-  first, channel 3t + c. ``unstack_frames`` / ``stack_frames`` convert to and from (N, m, 3, H, W).
+  first, channel 3t + c. ``unstack_frames`` / ``stack_frames`` (data.py's) convert to and from
+  (N, m, 3, H, W).
 """
 import argparse
 import math
+import os
 import sys
+import time
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+# The frame-layout helpers are data.py's (one definition in the project); re-exported here.
+from data import stack_frames, to_uint8, unstack_frames  # noqa: F401
 
 PEAK = 2.0  # peak value ("max" in PSNR) of images on the [-1, 1] scale
 
@@ -297,22 +303,6 @@ def motion_mask(frame_prev, frame_last, threshold=MOTION_THRESHOLD, **flow_kwarg
 
 # ----------------------------------------------------------------------------- baselines
 
-def unstack_frames(x, channels=3):
-    """(N, channels * m, H, W) stacked history (SPEC "Tensors") -> (N, m, channels, H, W)."""
-    x = np.asarray(x)
-    n, cm, h, w = x.shape
-    if cm % channels:
-        raise ValueError(f"{cm} channels is not a multiple of {channels}")
-    return x.reshape(n, cm // channels, channels, h, w)
-
-
-def stack_frames(frames):
-    """(N, m, C, H, W) -> (N, C * m, H, W), oldest first (inverse of ``unstack_frames``)."""
-    frames = np.asarray(frames)
-    n, m, c, h, w = frames.shape
-    return frames.reshape(n, m * c, h, w)
-
-
 def last_frame_baseline(history, steps=1):
     """Baseline "last input" of paper Table 2: the last frame copied.
 
@@ -345,13 +335,13 @@ def flow_baseline(history, steps=1, **flow_kwargs):
 
 # ----------------------------------------------------------------------------- figures
 
-def to_uint8(image):
-    """(C, H, W) on [-1, 1], C in {1, 3} -> (H, W, 3) uint8 (x + 1) * 127.5, rounded, clipped."""
-    a = np.asarray(image, dtype=np.float64)
+def image_to_uint8(image):
+    """(C, H, W) on [-1, 1], C in {1, 3} -> (H, W, 3) uint8 for Pillow: data.to_uint8 ((x + 1) * 127.5,
+    rounded, clipped) with the channels moved last and a grey image repeated to RGB."""
+    a = np.asarray(image)
     if a.ndim != 3 or a.shape[0] not in (1, 3):
         raise ValueError(f"expected a (3, H, W) or (1, H, W) image, got {a.shape}")
-    a = np.repeat(a, 3 // a.shape[0], axis=0)
-    return np.clip(np.round((a + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+    return to_uint8(np.repeat(a, 3 // a.shape[0], axis=0)).transpose(1, 2, 0)
 
 
 def _upscale(a, min_size):
@@ -370,7 +360,7 @@ def save_grid_png(path, rows, labels=None, col_labels=None, min_size=96, gap=4):
     the left; col_labels: optional text per column, drawn above; Pillow's default font.
     Returns the (width, height) of the written image.
     """
-    cells = [[None if im is None else _upscale(to_uint8(im), min_size) for im in row] for row in rows]
+    cells = [[None if im is None else _upscale(image_to_uint8(im), min_size) for im in row] for row in rows]
     present = [c for row in cells for c in row if c is not None]
     ch = max((c.shape[0] for c in present), default=min_size)
     cw = max((c.shape[1] for c in present), default=min_size)
@@ -408,24 +398,423 @@ def save_gif(path, frames, fps=4, min_size=96):
     lasts 1000 / fps ms. GIF stores at most 256 colours per frame (Pillow quantises), and
     Pillow merges consecutive identical frames into one longer frame.
     """
-    images = [Image.fromarray(_upscale(to_uint8(f), min_size)) for f in frames]
+    images = [Image.fromarray(_upscale(image_to_uint8(f), min_size)) for f in frames]
     if not images:
         raise ValueError("save_gif needs at least one frame")
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(round(1000.0 / fps)), loop=0)
 
 
+# ----------------------------------------------------------------------------- evaluation (Table 2, Figure 4)
+#
+# `python metrics.py evaluate`: paper section 4.2 / SPEC "Evaluation" for one or more checkpoints
+# against the two baselines, on a fixed test set. Choices, each following the authors' released
+# test script (coupriec/VideoPredictionICLR2016, test-frame-prediction-on-ucf-rec_gdl.lua) where
+# it says something:
+# - Every model sees the last m of its own clip's input frames; a clip has max(m, 2) + 2 frames
+#   (the largest m of the models compared, at least the 2 frames the flow baseline needs), its
+#   last two frames are the ground truth of the 1st and the 2nd predicted frame.
+# - 2nd frame: recursive, as in the paper (section 4, Figure 4) and the authors' script: the 1st
+#   prediction becomes the newest input frame. A model with n >= 2 output frames gives its own
+#   2nd output frame instead (one forward pass); the table says which in its "2nd frame" column.
+# - Moving areas ("truth", the default): the mask of predicted frame t+k comes from the optical
+#   flow of the ground-truth pair (t+k-1, t+k) (t = the last input frame): for frame 1 the last
+#   input and the 1st target, for frame 2 the 1st and the 2nd target, which is what the authors'
+#   flow images pred_4_flow / target_1_flow hold (EpicFlow there, our Lucas-Kanade here). A pixel
+#   moves where the flow magnitude exceeds the threshold on either frame's grid: where the content
+#   was and where it is now. "inputs": both masks from the last two input frames (t-1, t), which
+#   a predictor could know. Masks depend only on the clip, so every row is scored on the same pixels.
+# - Masked scores follow SPEC (the mean over the masked pixels only). The authors instead set the
+#   unmasked pixels of prediction and target to -1 and scored the whole images, and dropped images
+#   whose masked PSNR was 50 dB or more; here every clip counts, a clip without moving pixels
+#   is left out of the moving-area means (the table says how many clips had some).
+
+SCORES = ("psnr", "ssim", "sharp")
+SCORE_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "sharp": "Sharp. diff."}
+REGIONS = ("whole", "moving")
+REGION_TITLES = {"whole": "Whole frames", "moving": "Moving areas"}
+FRAMES = ("1st", "2nd")
+BASELINES = ("Last input", "Optical flow")
+
+
+class EvaluationError(Exception):
+    """A problem the user can fix (arguments, checkpoint, data, output folder); the message says which."""
+
+
+def pair_motion_mask(frame_a, frame_b, threshold=MOTION_THRESHOLD, chunk=16):
+    """Moving area of a pair of consecutive frames a -> b, each (N, 3, H, W) on [-1, 1]:
+    (N, 1, H, W) bool, set where the optical flow magnitude exceeds ``threshold`` px on b's grid
+    (motion_mask(a, b)) or on a's grid (motion_mask(b, a)). Computed ``chunk`` frames at a time."""
+    out = []
+    for s in range(0, len(frame_a), chunk):
+        a, b = frame_a[s:s + chunk], frame_b[s:s + chunk]
+        out.append(motion_mask(a, b, threshold) | motion_mask(b, a, threshold))
+    return np.concatenate(out) if out else np.zeros((0, 1) + tuple(frame_a.shape[-2:]), bool)
+
+
+def moving_masks(clips, pair="truth", threshold=MOTION_THRESHOLD):
+    """The masks of the 1st and 2nd predicted frame of clips (N, T, 3, H, W), whose last two frames
+    are the targets (see the section comment): [mask_1st, mask_2nd], each (N, 1, H, W) bool."""
+    T = clips.shape[1]
+    if pair == "truth":
+        return [pair_motion_mask(clips[:, T - 3], clips[:, T - 2], threshold),
+                pair_motion_mask(clips[:, T - 2], clips[:, T - 1], threshold)]
+    if pair == "inputs":
+        mask = pair_motion_mask(clips[:, T - 4], clips[:, T - 3], threshold)
+        return [mask, mask]
+    raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
+
+
+def score_frame(pred, target, mask):
+    """{(region, score): (N,) per-clip values} for one predicted frame, whole and masked."""
+    out = {}
+    for region, m in (("whole", None), ("moving", mask)):
+        out[region, "psnr"] = psnr(pred, target, m)
+        out[region, "ssim"] = ssim(pred, target, m)
+        out[region, "sharp"] = sharpness_difference(pred, target, m)
+    return out
+
+
+def model_name(path, config):
+    """Table name of a checkpoint: its loss preset and the name of the folder it is in."""
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path))) or "."
+    name = f"{config.get('loss', '?')} ({folder})"
+    return ("single sc. " + name) if config.get("scales") == [4] else name
+
+
+def load_models(paths):
+    """[{name, path, params, config}] for the checkpoints; CheckpointError names a bad one.
+    Equal names get the file name added."""
+    import framepred
+    models = []
+    for path in paths:
+        params, config, _ = framepred.load_checkpoint(path)
+        models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config))
+    names = [md["name"] for md in models]
+    for md in models:
+        if names.count(md["name"]) > 1:
+            md["name"] += f" [{os.path.basename(md['path'])}]"
+    return models
+
+
+def second_frame_rule(config):
+    return "recursive" if config["n"] == 1 else f"direct (output 2 of {config['n']})"
+
+
+def model_predictions(ops, model, clips, batch=4):
+    """The 1st and 2nd predicted frames of one model for clips (N, T, 3, H, W): two float32
+    (N, 3, H, W) arrays. The model gets frames [T-2-m, T-2) of each clip (its own last m)."""
+    import framepred
+    config = model["config"]
+    m, n, top = config["m"], config["n"], config["scales"][-1]
+    params = {key: ops.asarray(value) for key, value in model["params"].items()}
+    T = clips.shape[1]
+
+    def run(X):
+        preds, _ = framepred.generator_forward(ops, params, config, ops.asarray(X, dtype=np.float32))
+        return ops.to_host(preds[top]).astype(np.float32)
+
+    first, second = [], []
+    for s in range(0, len(clips), batch):
+        X = np.ascontiguousarray(stack_frames(clips[s:s + batch, T - 2 - m:T - 2]), dtype=np.float32)
+        out = run(X)
+        first.append(out[:, :3])
+        if n >= 2:
+            second.append(out[:, 3:6])
+        else:   # recursion: drop the oldest frame, the prediction becomes the newest
+            second.append(run(np.concatenate([X[:, 3:], out[:, :3]], axis=1))[:, :3])
+    return np.concatenate(first), np.concatenate(second)
+
+
+def baseline_predictions(clips, name):
+    """The 1st and 2nd frames of a baseline from all T-2 input frames of clips (it uses the last
+    one or two): "Last input" copies the last frame, "Optical flow" moves it on by its flow twice."""
+    T = clips.shape[1]
+    history = stack_frames(clips[:, :T - 2])
+    if name == "Last input":
+        out = last_frame_baseline(history, steps=2)
+    else:
+        out = np.concatenate([flow_baseline(history[s:s + 16], steps=2) for s in range(0, len(history), 16)])
+    return out[:, :3].astype(np.float32), out[:, 3:6].astype(np.float32)
+
+
+def evaluate_all(ops, models, clips, masks, batch=4, progress=None):
+    """Score every model and both baselines on clips (N, T, 3, H, W) with masks [mask_1st, mask_2nd].
+
+    Returns rows: [{name, checkpoint, m, n, second, preds: (pred_1st, pred_2nd),
+    scores: {(region, frame, score): (N,) per clip}}], the models first, then the baselines."""
+    T = clips.shape[1]
+    targets = (clips[:, T - 2], clips[:, T - 1])
+    entries = [(md["name"], md) for md in models] + [(b, None) for b in BASELINES]
+    rows = []
+    for i, (name, md) in enumerate(entries, 1):
+        t0 = time.time()
+        if md is not None:
+            preds = model_predictions(ops, md, clips, batch)
+            row = dict(name=name, checkpoint=md["path"], m=md["config"]["m"], n=md["config"]["n"],
+                       second=second_frame_rule(md["config"]))
+        else:
+            preds = baseline_predictions(clips, name)
+            row = dict(name=name, checkpoint="", m=1 if name == "Last input" else 2, n=1,
+                       second="copy" if name == "Last input" else "flow applied twice")
+        row["preds"], row["scores"] = preds, {}
+        for k, frame in enumerate(FRAMES):
+            for (region, score), values in score_frame(preds[k], targets[k], masks[k]).items():
+                row["scores"][region, frame, score] = values
+        rows.append(row)
+        if progress:
+            kind = f"m={row['m']} n={row['n']}" if md is not None else "baseline"
+            progress(f"[{i}/{len(entries)}] {name}: {kind}, {len(clips)} clips, "
+                     f"1st-frame PSNR {_mean(row['scores']['whole', '1st', 'psnr']):.2f} dB, "
+                     f"{time.time() - t0:.1f} s")
+    return rows
+
+
+def _mean(values):
+    """Mean over clips, leaving out NaN (a clip without moving pixels); NaN when none is left."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
+def summarise(rows):
+    """Per row, {(region, frame, score): mean over clips} (see _mean)."""
+    return [{key: _mean(v) for key, v in row["scores"].items()} for row in rows]
+
+
+def _fmt(value, score):
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.3f}" if score == "ssim" else f"{value:.2f}"
+
+
+def table_columns():
+    """The value columns of Table 2, in order: (frame, score)."""
+    return [(frame, score) for frame in FRAMES for score in SCORES]
+
+
+def format_text_table(rows, means):
+    """The printed table: one block per region, rows = models then baselines, columns = 1st
+    frame PSNR SSIM Sharp. diff., 2nd frame PSNR SSIM Sharp. diff., and how the 2nd frame was made."""
+    width = max([len(r["name"]) for r in rows] + [12])
+    cols = table_columns()
+    lines = []
+    for region in REGIONS:
+        head1 = f"{REGION_TITLES[region]:<{width}}" + "".join(
+            f"{'-- ' + f + ' frame --':>{3 * 13 - 8}}{'':8}" for f in FRAMES)
+        head2 = f"{'':<{width}}" + "".join(f"{SCORE_TITLES[s]:>13}" for _, s in cols) + "  2nd frame"
+        lines += [head1, head2, "-" * len(head2)]
+        for row, mean in zip(rows, means):
+            lines.append(f"{row['name']:<{width}}" + "".join(
+                f"{_fmt(mean[region, f, s], s):>13}" for f, s in cols) + f"  {row['second']}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_markdown(rows, means, notes):
+    cols = table_columns()
+    out = ["# Next-frame prediction scores (layout of the paper's Table 2)", ""]
+    out += [f"- {n}" for n in notes] + [""]
+    for region in REGIONS:
+        out += [f"## {REGION_TITLES[region]}", "",
+                "| Model | " + " | ".join(f"{f} {SCORE_TITLES[s]}" for f, s in cols) + " | 2nd frame |",
+                "|---|" + "---:|" * len(cols) + "---|"]
+        for row, mean in zip(rows, means):
+            out.append(f"| {row['name']} | " + " | ".join(_fmt(mean[region, f, s], s) for f, s in cols)
+                       + f" | {row['second']} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def csv_header():
+    return (["model", "checkpoint", "m", "n", "second_frame"]
+            + [f"{region}_{f}_{s}" for region in REGIONS for f, s in table_columns()])
+
+
+def write_csv(path, rows, means):
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(csv_header())
+        for row, mean in zip(rows, means):
+            w.writerow([row["name"], row["checkpoint"], row["m"], row["n"], row["second"]]
+                       + [repr(mean[region, f, s]) for region in REGIONS for f, s in table_columns()])
+
+
+def write_figures(out, rows, clips, masks, count):
+    """Per clip i (1-based, the first ``count`` clips): figure4_clip{i}.png, a grid like the paper's
+    Figure 4 (rows: input frames, ground truth, the ground truth outside the moving areas blacked
+    out as in the paper's Figure 3, then each model's and each
+    baseline's 1st and 2nd predicted frame, labelled), and clip{i}.gif, side-by-side panels
+    (ground truth, then each row's predictions in table order) through the input frames and on
+    to the 1st and 2nd predicted frame. Returns the written paths."""
+    T = clips.shape[1]
+    written = []
+    for i in range(min(count, len(clips))):
+        inputs = list(clips[i, :T - 2])
+        truth = [clips[i, T - 2], clips[i, T - 1]]
+        grid = [inputs, truth, [np.where(masks[k][i], truth[k], -1.0) for k in range(2)]]
+        labels = [f"Input frames (t-{T - 3} .. t)", "Ground truth (t+1, t+2)", "Moving areas of it"]
+        for row in rows:
+            grid.append([row["preds"][0][i], row["preds"][1][i]])
+            labels.append(row["name"])
+        png = os.path.join(out, f"figure4_clip{i + 1}.png")
+        save_grid_png(png, grid, labels=labels)
+        gap = np.ones((3, clips.shape[3], 2), np.float32)
+
+        def strip(panels):
+            return np.concatenate([p for q in panels for p in (q, gap)][:-1], axis=2)
+        frames = [strip([f] * (1 + len(rows))) for f in inputs]
+        for k in range(2):
+            frames.append(strip([clips[i, T - 2 + k]] + [row["preds"][k][i] for row in rows]))
+        gif = os.path.join(out, f"clip{i + 1}.gif")
+        scale = -(-96 // clips.shape[3])  # each panel at least 96 px high
+        save_gif(gif, frames, fps=2, min_size=scale * max(frames[0].shape[1:]))
+        written += [png, gif]
+    return written
+
+
+def load_test_set(data, split_list, every_nth, count, length, size):
+    """(clips (N, length, 3, H, W) float32, a description). DataError on a bad path or set."""
+    import warnings
+    from data import open_source
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
+        clips = source.test_clips(count, length, size)
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    if data is None:
+        what = "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)"
+    else:
+        what = (f"video folder {data}, test subset" + (f" of split list {split_list}" if split_list else "")
+                + f", every {every_nth}th video" * (every_nth > 1))
+    return clips, f"{what}: {len(clips)} clips of {length} frames at {clips.shape[3]}x{clips.shape[4]} (HxW)"
+
+
+def evaluate(args):
+    """Handler of ``metrics.py evaluate``; returns the exit status (see build_parser)."""
+    from data import DataError
+    from framepred import CheckpointError
+    from kernels import BackendError, load_backend
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+    try:
+        if args.size is not None and any(s % 8 or s < 16 for s in args.size):
+            raise EvaluationError(f"--size {args.size[0]} {args.size[1]}: each side must be a multiple of 8 "
+                                  f"(the generator's four scales) and at least 16 (SSIM's 11x11 window)")
+        models = load_models(args.checkpoint)
+        for md in models:
+            progress(f"model {md['name']}: {md['path']} (m={md['config']['m']}, n={md['config']['n']})")
+        length = max([md["config"]["m"] for md in models] + [2]) + 2
+        clips, described = load_test_set(args.data, args.split_list, args.every_nth, args.clips, length,
+                                         args.size)
+        h, w = clips.shape[-2:]
+        if h % 8 or w % 8 or min(h, w) < 16:
+            raise EvaluationError(f"test frames of {h}x{w}: need sides that are multiples of 8 and at least 16; "
+                                  f"pass --size")
+        progress(f"test set: {described}")
+        ops = load_backend(args.device)
+        os.makedirs(args.out, exist_ok=True)
+        t0 = time.time()
+        masks = moving_masks(clips, args.mask_pair, args.motion_threshold)
+        moving = [int(np.sum(mk.reshape(len(mk), -1).any(axis=1))) for mk in masks]
+        frac = [float(mk.mean()) for mk in masks]
+        progress(f"moving-area masks ({args.mask_pair} pair, flow > {args.motion_threshold} px): "
+                 f"{100 * frac[0]:.1f}% / {100 * frac[1]:.1f}% of the pixels, {time.time() - t0:.1f} s")
+        rows = evaluate_all(ops, models, clips, masks, args.batch, progress)
+    except (CheckpointError, DataError, BackendError, EvaluationError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    means = summarise(rows)
+    pair_text = ("the ground-truth pair (t+k-1, t+k) for predicted frame t+k" if args.mask_pair == "truth"
+                 else "the last two input frames (t-1, t), for both predicted frames")
+    notes = [
+        f"Test set: {described}.",
+        f"Scores on the [-1, 1] scale, peak 2; means over clips. PSNR and Sharp. diff. in dB, "
+        f"SSIM 11x11 Gaussian window (sigma 1.5).",
+        f"Moving areas: optical-flow magnitude above {args.motion_threshold} px on either frame of "
+        f"{pair_text}; pyramidal Lucas-Kanade flow (metrics.optical_flow), where the paper used "
+        f"EpicFlow. Clips with moving pixels: {moving[0]} (1st frame), {moving[1]} (2nd frame) of "
+        f"{len(clips)}; {100 * frac[0]:.1f}% / {100 * frac[1]:.1f}% of all pixels.",
+        "2nd frame: 'recursive' = the 1st prediction fed back as the newest input frame (paper); "
+        "'direct' = the model's own 2nd output frame (n >= 2).",
+        "Optical flow baseline: the last input moved on by the flow between the last two inputs "
+        "(once for the 1st frame, twice for the 2nd).",
+    ]
+    text = format_text_table(rows, means)
+    print(text)
+    try:
+        with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
+            fh.write(format_markdown(rows, means, notes))
+        write_csv(os.path.join(args.out, "table.csv"), rows, means)
+        figures = write_figures(args.out, rows, clips, masks, args.figures)
+    except OSError as e:
+        print(f"error: cannot write to {args.out}: {e}", file=sys.stderr)
+        return 1
+    progress(f"wrote {os.path.join(args.out, 'table.md')}, {os.path.join(args.out, 'table.csv')}"
+             + (f" and {len(figures)} figures (figure4_clip*.png, clip*.gif)" if figures else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- command line
+
+def _int_at_least(low):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+_positive_int, _count = _int_at_least(1), _int_at_least(0)
+
 
 def build_parser():
     """Argument parser of ``python metrics.py COMMAND ...``.
 
     Subcommands register here: p = sub.add_parser(name, ...); p.set_defaults(func=handler),
-    where handler(args) returns the exit status. (The `evaluate` command of SPEC "Evaluation"
-    belongs here.)
+    where handler(args) returns the exit status.
     """
     parser = argparse.ArgumentParser(prog="metrics.py", description=__doc__.splitlines()[0])
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser(
+        "evaluate", help="scores of checkpoints and baselines in the layout of the paper's Table 2",
+        description="Score one or more checkpoints and the last-input and optical-flow baselines on a "
+                    "test set: PSNR, SSIM and sharpness difference of the 1st and 2nd (recursive) "
+                    "predicted frame, on whole frames and on moving areas (paper section 4.2, Table 2). "
+                    "Prints the table and writes DIR/table.md, DIR/table.csv, DIR/figure4_clip{i}.png "
+                    "and DIR/clip{i}.gif.")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", help="checkpoint files (.npz); "
+                   "each model reads its own last m frames, so models with different m can be compared")
+    p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset); default: the "
+                   "synthetic held-out clips")
+    p.add_argument("--split-list", metavar="F", help="UCF101-style test list for --data (e.g. testlist01.txt)")
+    p.add_argument("--every-nth", type=_positive_int, default=10, metavar="N",
+                   help="with --data: every Nth test video, 1st, (N+1)th, ... (paper: 10; default %(default)s)")
+    p.add_argument("--clips", type=_positive_int, default=32, help="number of test clips (default %(default)s)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="center crop of the test frames "
+                   "(multiples of 8); default: the whole frame (synthetic: 64x64)")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
+    p.add_argument("--out", default="evaluation", metavar="DIR", help="output folder (default %(default)s)")
+    p.add_argument("--batch", type=_positive_int, default=4, metavar="B",
+                   help="clips per generator pass (default %(default)s)")
+    p.add_argument("--figures", type=_count, default=3, metavar="K",
+                   help="write figures for the first K clips (default %(default)s; 0: none)")
+    p.add_argument("--mask-pair", choices=["truth", "inputs"], default="truth",
+                   help="frames whose optical flow makes the moving-area mask: 'truth' = (t+k-1, t+k) for "
+                        "predicted frame t+k, as in the authors' test script; 'inputs' = the last two "
+                        "input frames (default %(default)s)")
+    p.add_argument("--motion-threshold", type=float, default=MOTION_THRESHOLD, metavar="PX",
+                   help="flow magnitude (pixels) above which a pixel is moving (default %(default)s)")
+    p.set_defaults(func=evaluate)
     return parser
 
 

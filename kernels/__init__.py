@@ -30,6 +30,6 @@ def load_backend(device="auto", verbose=True):
             raise BackendError(f"--device gpu: no usable GPU ({reason}). Install CuPy for your "
                                f"CUDA version (see README) or use --device cpu.") from e
         if verbose:
-            print(f"device auto: no usable GPU ({reason}); running on the CPU", file=sys.stderr)
+            print(f"device auto: no usable GPU ({reason}); running on the CPU", flush=True)
         from kernels import numpy_ops
         return numpy_ops

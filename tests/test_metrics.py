@@ -15,7 +15,7 @@ from PIL import Image
 import metrics
 from metrics import (flow_baseline, last_frame_baseline, motion_mask, optical_flow, psnr,
                      save_gif, save_grid_png, sharpness_difference, ssim, stack_frames,
-                     to_uint8, unstack_frames, warp)
+                     image_to_uint8, unstack_frames, warp)
 
 
 def texture(h, w, dx=0.0, dy=0.0, seed=0, k=24):
@@ -402,7 +402,7 @@ def test_grid_png_size_and_pixels(tmp_path):
     with Image.open(path) as im:
         assert im.format == "PNG" and im.size == (304, 204)
         a = np.asarray(im.convert("RGB"))
-    up = to_uint8(img).repeat(3, axis=0).repeat(3, axis=1)
+    up = image_to_uint8(img).repeat(3, axis=0).repeat(3, axis=1)
     np.testing.assert_array_equal(a[4:100, 4:100], up)
     np.testing.assert_array_equal(a[104:200, 104:200], up)
     assert (a[4:100, 104:200] == 255).all()  # empty cell
@@ -423,7 +423,15 @@ def test_grid_png_labels_and_large_images(tmp_path):
 
 def test_grid_to_uint8_scale():
     x = np.array([-1.0, 0.0, 1.0, 2.0])[None, None].repeat(3, axis=0)
-    np.testing.assert_array_equal(to_uint8(x)[0, :, 0], [0, 128, 255, 255])
+    np.testing.assert_array_equal(image_to_uint8(x)[0, :, 0], [0, 128, 255, 255])
+    assert image_to_uint8(x).shape == (1, 4, 3)
+    np.testing.assert_array_equal(image_to_uint8(x[:1]), image_to_uint8(x))  # grey -> RGB
+
+
+def test_grid_helpers_are_data_modules():
+    import data
+    assert metrics.stack_frames is data.stack_frames and metrics.unstack_frames is data.unstack_frames
+    assert metrics.to_uint8 is data.to_uint8
 
 
 def test_grid_gif_frames_and_size(tmp_path):

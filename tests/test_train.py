@@ -1,0 +1,153 @@
+"""train_min.py end to end at tiny sizes: every loss preset, synthetic data and a folder of
+videos, resume equivalence, interrupts, and the messages for bad input."""
+import os
+import signal
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import framepred as fp
+import train_min
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width", "0.03125", "--batch", "2", "--eval-clips", "2", "--log-every", "1", "--device", "cpu"]
+
+
+def run_cli(tmp_path, *extra, name="run"):
+    out = str(tmp_path / name)
+    return train_min.main(["--out", out] + TINY + list(extra)), out
+
+
+@pytest.mark.parametrize("loss", sorted(fp.LOSS_PRESETS))
+def test_train_every_preset_synthetic(tmp_path, capsys, loss):
+    code, out = run_cli(tmp_path, "--loss", loss, "--steps", "2", "--eval-every", "2")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "step 2/2 | G " in text and "steps/s, ETA" in text
+    assert ("D " in text and "acc real" in text) == bool(fp.LOSS_PRESETS[loss]["lam_adv"])
+    assert "eval step 2: PSNR" in text and "(last input" in text
+    params, config, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["step"] == 2 and config["loss"] == loss
+    assert os.path.isfile(os.path.join(out, "samples", "step_000002.png"))
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        assert '"psnr_last"' in f.readline()
+
+
+def write_video_folder(root, count=3, frames=12, size=(40, 48)):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / f"Class{i}"
+        folder.mkdir(parents=True)
+        video = np.zeros((frames,) + size + (3,), np.uint8)
+        video[:] = rng.integers(0, 255, (1,) + size + (3,), dtype=np.uint8) // 4
+        for t in range(frames):
+            video[t, 8:20, 4 + 2 * t:16 + 2 * t] = (200, 100 + 10 * i, 50)
+        iio.imwrite(folder / f"v_Class{i}_g01_c01.avi", video, fps=10, codec="mjpeg")
+    return root
+
+
+def test_train_on_video_folder(tmp_path, capsys):
+    videos = write_video_folder(tmp_path / "videos")
+    code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--steps", "2", "--eval-every", "2", "--data", str(videos))
+    assert code == 0, capsys.readouterr()
+    assert fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))[2]["step"] == 2
+
+
+def interrupt_after(monkeypatch, calls):
+    """Send ourselves SIGINT (a Ctrl-C) during training step number `calls`."""
+    real_step, count = fp.train_step, {"n": 0}
+
+    def step(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(fp, "train_step", step)
+
+
+def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    args = ["--loss", "adv_gdl", "--steps", "6", "--eval-every", "100", "--ckpt-every", "100"]
+    code, straight = run_cli(tmp_path, *args, name="straight")
+    assert code == 0
+    interrupt_after(monkeypatch, 3)
+    code, stopped = run_cli(tmp_path, *args, name="stopped")
+    assert code == 130
+    assert "interrupted at step 3" in capsys.readouterr().err
+    assert fp.load_checkpoint(os.path.join(stopped, "checkpoint.npz"))[2]["step"] == 3
+    monkeypatch.undo()
+    assert train_min.main(["--resume", stopped]) == 0
+    a, _, state_a = fp.load_checkpoint(os.path.join(straight, "checkpoint.npz"))
+    b, _, state_b = fp.load_checkpoint(os.path.join(stopped, "checkpoint.npz"))
+    assert state_a["step"] == state_b["step"] == 6
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_train_sigint_in_subprocess_leaves_loadable_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train_min.py", "--loss", "l2", "--steps", "100000", "--out", str(out)]
+                            + TINY, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "--resume" in err
+    _, _, state = fp.load_checkpoint(str(out / "checkpoint.npz"))
+    assert state["step"] >= 2
+
+
+def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch, capsys):
+    real_step = fp.train_step
+
+    def step(*args, **kwargs):
+        log = real_step(*args, **kwargs)
+        log["g_lp"] = float("nan")
+        return log
+    monkeypatch.setattr(fp, "train_step", step)
+    code, out = run_cli(tmp_path, "--loss", "l2", "--steps", "5")
+    err = capsys.readouterr().err
+    assert code == 3 and "g_lp=nan is not finite" in err and "last good checkpoint" in err
+    assert fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))[2]["step"] == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--patch", "20"], "must divide by 8"),
+    (["--patch", "16"], "too small for D"),
+    (["--resume", "/no/such/run"], "checkpoint not found"),
+    (["--init", "/no/such.npz"], "checkpoint not found"),
+    (["--device", "gpu"], "--device gpu"),
+])
+def test_train_bad_input_message(tmp_path, capsys, extra, message):
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", *extra)
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and "Traceback" not in err
+
+
+def test_train_empty_and_corrupt_data_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(tmp_path / "empty"))
+    assert code == 2 and "empty" in capsys.readouterr().err
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.mp4").write_bytes(b"not a video at all")
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(bad))
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.mp4" in err
+
+
+def test_train_init_new_patch_gets_new_discriminator(tmp_path, capsys):
+    code, first = run_cli(tmp_path, "--loss", "adv", "--steps", "1", name="first")
+    assert code == 0
+    code, out = run_cli(tmp_path, "--loss", "adv", "--steps", "1", "--patch", "40",
+                        "--init", os.path.join(first, "checkpoint.npz"), name="finetune")
+    text = capsys.readouterr().out
+    assert code == 0 and "loaded G; D is new (patch 32 -> 40" in text
+    code, _ = run_cli(tmp_path, "--loss", "adv", "--steps", "1", "--m", "2",
+                      "--init", os.path.join(first, "checkpoint.npz"), name="wrong")
+    assert code == 2 and "does not fit this run" in capsys.readouterr().err

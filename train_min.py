@@ -1,0 +1,301 @@
+"""Train the paper's video predictor: `python train_min.py --loss adv_gdl`.
+
+With no --data it trains on the built-in synthetic videos (data.SyntheticVideos). A run folder
+(--out) receives checkpoint.npz (atomically, every --ckpt-every steps, at the end and on Ctrl-C),
+eval.jsonl (held-out PSNR and sharpness of the model and of the last-input baseline) and
+samples/step_XXXXXX.png (inputs, truth, the prediction at every scale). `--resume DIR` continues
+a stopped run to its --steps with exactly the weights an uninterrupted run would have had.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+import data
+import framepred as fp
+import metrics
+from kernels import BackendError, load_backend
+
+# Reduced-width preset for a CPU: a visible result in about 10 minutes on 2 cores.
+PRESETS = {
+    "paper": dict(width=1.0, steps=50000),
+    "small": dict(width=1 / 8, steps=1600, steps_adv=400),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--loss", choices=sorted(fp.LOSS_PRESETS), default="adv_gdl",
+                   help="loss preset of SPEC/paper Table 2 (p, alpha and the lambdas)")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="auto takes the GPU when CuPy sees one, else the CPU")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
+    p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
+    p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
+    p.add_argument("--out", default="runs/latest", help="run folder: checkpoint, logs, sample grids")
+    p.add_argument("--steps", type=int, default=None, help="total iterations of the run (default: by preset)")
+    p.add_argument("--batch", type=int, default=None, help="minibatch (default: 8 with the adversarial loss, else 4)")
+    p.add_argument("--patch", type=int, default=32, help="training patch side (a multiple of 8, >= 32 for D)")
+    p.add_argument("--m", type=int, default=4, help="input frames")
+    p.add_argument("--n", type=int, default=1, help="predicted frames")
+    p.add_argument("--single-scale", action="store_true", help="scale 4 alone, no coarse input")
+    p.add_argument("--width", type=float, default=None, help="feature-map multiplier (overrides the preset's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--p", type=int, choices=[1, 2], default=None, help="override the preset's l_p exponent")
+    p.add_argument("--alpha", type=int, choices=[1, 2], default=None, help="override the GDL exponent")
+    p.add_argument("--lam-lp", type=float, default=None, help="override lambda_lp")
+    p.add_argument("--lam-gdl", type=float, default=None, help="override lambda_gdl")
+    p.add_argument("--lam-adv", type=float, default=None, help="override lambda_adv")
+    p.add_argument("--lr-g", type=float, nargs=2, default=[fp.LR_G_START, fp.LR_G_END], metavar=("START", "END"),
+                   help="rho_G, lowered geometrically from START to END over the run")
+    p.add_argument("--lr-d", type=float, default=fp.LR_D, help="rho_D")
+    p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
+    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out evaluations and sample grids")
+    p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints")
+    p.add_argument("--eval-clips", type=int, default=32, help="held-out clips per evaluation")
+    p.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR to its --steps")
+    p.add_argument("--init", metavar="CHECKPOINT", default=None,
+                   help="start from this checkpoint's G (and D when the patch size matches), e.g. 64x64 fine-tuning")
+    p.add_argument("--bench", type=int, default=0, metavar="N", help="time N iterations after a warm-up and exit")
+    return p.parse_args(argv)
+
+
+class RunError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+# ----------------------------------------------------------------------------- set-up
+def choose_preset(args, ops):
+    if args.preset:
+        print(f"preset {args.preset} (asked for)")
+        return args.preset
+    preset = "paper" if ops.name == "gpu" else "small"
+    why = "a GPU is in use" if ops.name == "gpu" else "running on the CPU (the paper's widths would take days here)"
+    print(f"preset {preset}: {why}; --preset paper|small chooses")
+    return preset
+
+
+def build_config(args, preset):
+    width = args.width if args.width is not None else PRESETS[preset]["width"]
+    return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, single_scale=args.single_scale,
+                          loss=args.loss, p=args.p, alpha=args.alpha, lam_lp=args.lam_lp,
+                          lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
+
+
+def default_steps(preset, config):
+    spec = PRESETS[preset]
+    return spec.get("steps_adv", spec["steps"]) if config["lam_adv"] else spec["steps"]
+
+
+def init_from_checkpoint(path, config, seed):
+    """G from the checkpoint (its architecture must match); D too when the patch size matches."""
+    try:
+        loaded, old, _ = fp.load_checkpoint(path)
+    except fp.CheckpointError as e:
+        raise RunError(str(e)) from e
+    g_keys = ["m", "n", "scales", "g_maps", "g_kernels"]
+    diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {config[k]!r}" for k in g_keys if old.get(k) != config[k]]
+    if diffs:
+        raise RunError(f"--init {path}: its G does not fit this run: " + "; ".join(diffs) +
+                       " (use the same --m, --n, --width, --single-scale)")
+    params = fp.init_params(config, seed=seed)
+    same_d = all(old.get(k) == config[k] for k in ["patch", "d_maps", "d_kernels", "d_fc", "d_maxpool"])
+    for key, value in loaded.items():
+        if key.startswith("G/") or same_d:
+            params[key] = value
+    print(f"--init {path}: loaded G" + (" and D" if same_d else
+          f"; D is new (patch {old.get('patch')} -> {config['patch']} changes its fully connected layers)"))
+    return params
+
+
+# ----------------------------------------------------------------------------- evaluation and pictures
+def evaluate(ops, params, config, clips):
+    """Held-out clips (count, m+1, 3, H, W) -> PSNR and sharpness difference of the model's first
+    predicted frame and of the last-input baseline (SPEC "Evaluation"), averaged over the clips."""
+    m = config["m"]
+    X = data.stack_frames(clips[:, :m])
+    Y = clips[:, m]
+    preds = []
+    for i in range(0, len(X), 8):
+        out, _ = fp.generator_forward(ops, params, config, ops.asarray(X[i:i + 8]))
+        preds.append(ops.to_host(out[config["scales"][-1]])[:, :3])
+    pred = np.concatenate(preds)
+    last = clips[:, m - 1]
+    return dict(psnr=float(np.mean(metrics.psnr(pred, Y))), sharp=float(np.mean(metrics.sharpness_difference(pred, Y))),
+                psnr_last=float(np.mean(metrics.psnr(last, Y))),
+                sharp_last=float(np.mean(metrics.sharpness_difference(last, Y))))
+
+
+def save_sample_grid(path, ops, params, config, X, Y, rows=4):
+    """One row per sample: the m inputs, the truth, then G's prediction at every scale (upscaled)."""
+    preds, _ = fp.generator_forward(ops, params, config, ops.asarray(X[:rows]))
+    preds = {k: ops.to_host(v) for k, v in preds.items()}
+    m, side = config["m"], X.shape[2]
+    grid = []
+    for r in range(min(rows, len(X))):
+        cells = [X[r, 3 * t:3 * t + 3] for t in range(m)] + [Y[r, :3]]
+        for k in config["scales"]:
+            f = side // preds[k].shape[2]
+            cells.append(preds[k][r, :3].repeat(f, axis=1).repeat(f, axis=2))
+        grid.append(cells)
+    heads = [f"input {t + 1}" for t in range(m)] + ["truth"] + [f"G scale {k}" for k in config["scales"]]
+    metrics.save_grid_png(path, grid, col_labels=heads)
+
+
+# ----------------------------------------------------------------------------- checkpoints of the run
+def save_run(out, ops, params, config, step, rng, args):
+    state = {"step": step, "rng": rng.bit_generator.state, "args": vars(args)}
+    fp.save_checkpoint(os.path.join(out, "checkpoint.npz"), {k: ops.to_host(v) for k, v in params.items()}, config, state)
+
+
+def resume_run(args):
+    """Load DIR/checkpoint.npz of --resume DIR: params, config, step, data rng, and the run's own flags."""
+    path = os.path.join(args.resume, "checkpoint.npz")
+    try:
+        params, config, state = fp.load_checkpoint(path)
+    except fp.CheckpointError as e:
+        raise RunError(f"--resume {args.resume}: {e}") from e
+    if not state:
+        raise RunError(f"--resume {args.resume}: {path} holds no training state (a model-only checkpoint; use --init)")
+    saved = state["args"]
+    for flag in ("steps", "device", "preset"):           # these may change on resume
+        if getattr(args, flag) is not None:
+            saved[flag] = getattr(args, flag)
+    saved.update(resume=args.resume, out=args.resume, bench=0)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    return argparse.Namespace(**saved), params, config, state["step"], rng
+
+
+# ----------------------------------------------------------------------------- the run
+def format_eta(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress_line(step, total, log, rate, config):
+    terms = [f"lp {log['g_lp']:.4f}"]
+    terms += [f"gdl {log['g_gdl']:.4f}"] if config["lam_gdl"] else []
+    terms += [f"adv {log['g_adv']:.3f}"] if config["lam_adv"] else []
+    parts = [f"step {step}/{total}", f"G {log['g_total']:.4f} ({' '.join(terms)})"]
+    if "d_loss" in log:
+        parts.append(f"D {log['d_loss']:.3f} acc real {log['d_acc_real']:.2f} fake {log['d_acc_fake']:.2f}")
+    parts.append(f"{rate:.2f} steps/s, ETA {format_eta((total - step) / max(rate, 1e-9))}")
+    return " | ".join(parts)
+
+
+def run(args):
+    try:
+        ops = load_backend(args.device)
+    except BackendError as e:
+        raise RunError(str(e)) from e
+    if args.resume:
+        args, params, config, start, rng = resume_run(args)
+        preset = args.preset or ("paper" if ops.name == "gpu" else "small")
+        print(f"resuming {args.out} at step {start}")
+    else:
+        preset = choose_preset(args, ops)
+        try:
+            config = build_config(args, preset)
+        except ValueError as e:
+            raise RunError(str(e)) from e
+        params = init_from_checkpoint(args.init, config, args.seed) if args.init else fp.init_params(config, args.seed)
+        start, rng = 0, np.random.default_rng(args.seed)
+        args.preset = preset
+    total = args.steps if args.steps is not None else default_steps(preset, config)
+    args.steps = total
+    batch = args.batch or (8 if config["lam_adv"] else 4)
+    m, n = config["m"], config["n"]
+    try:
+        source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
+        test_source = source if args.data else data.open_source(None, seed=args.seed)
+        source.sample(1, m, n, config["patch"], np.random.default_rng(0))   # fails now, not mid-run
+        clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1)
+    except data.DataError as e:
+        raise RunError(str(e)) from e
+    if getattr(source, "skipped", None):
+        print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
+    params = {k: ops.asarray(v) for k, v in params.items()}
+    print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
+          f" params (width {config['width']:g}), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
+
+    def next_batch():
+        X, Y = source.sample(batch, m, n, config["patch"], rng)
+        return ops.asarray(X), ops.asarray(Y)
+
+    if args.bench:
+        import bench
+        return bench.run_bench(ops, params, config, next_batch, args.bench)
+
+    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+    if start == 0:
+        save_run(args.out, ops, params, config, 0, rng, args)
+    step, last_saved, t0 = start, start, time.time()
+    stop = {"now": False}
+
+    def request_stop(signum, frame):
+        # Finish the current step (parameters are updated in place), then save and exit.
+        # A second Ctrl-C stops at once; the last checkpoint on disk stays valid.
+        print("\nstopping after this step (Ctrl-C again to abort now)", file=sys.stderr, flush=True)
+        stop["now"] = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous_handlers = signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop)
+    try:
+        while step < total and not stop["now"]:
+            d_batch = next_batch()
+            g_batch = next_batch()
+            log = fp.train_step(ops, params, config, d_batch, g_batch,
+                                lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d)
+            bad = [k for k, v in log.items() if not np.isfinite(v)]
+            if bad:
+                print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "
+                      f"The last good checkpoint is {args.out}/checkpoint.npz (step {last_saved}). "
+                      f"Try a lower --lr-g.", file=sys.stderr)
+                return 3
+            step += 1
+            if step % args.log_every == 0 or step == total:
+                print(progress_line(step, total, log, (step - start) / (time.time() - t0), config), flush=True)
+            if step % args.eval_every == 0 or step == total:
+                X, Y = (ops.to_host(a) for a in d_batch)
+                save_sample_grid(os.path.join(args.out, "samples", f"step_{step:06d}.png"), ops, params, config, X, Y)
+                scores = evaluate(ops, params, config, clips)
+                with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
+                    f.write(json.dumps({"step": step, **scores, **log}) + "\n")
+                print(f"eval step {step}: PSNR {scores['psnr']:.2f} dB (last input {scores['psnr_last']:.2f}), "
+                      f"sharpness {scores['sharp']:.2f} dB (last input {scores['sharp_last']:.2f})", flush=True)
+            if step % args.ckpt_every == 0 or step == total:
+                save_run(args.out, ops, params, config, step, rng, args)
+                last_saved = step
+    except KeyboardInterrupt:
+        print(f"\naborted during step {step + 1}; {args.out}/checkpoint.npz holds step {last_saved}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handlers[0])
+        signal.signal(signal.SIGTERM, previous_handlers[1])
+    if stop["now"]:
+        save_run(args.out, ops, params, config, step, rng, args)
+        print(f"\ninterrupted at step {step}: saved {args.out}/checkpoint.npz; "
+              f"`python train_min.py --resume {args.out}` continues", file=sys.stderr)
+        return 130
+    print(f"done: {args.out}/checkpoint.npz (step {step})")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except (RunError, data.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
