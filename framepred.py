@@ -410,3 +410,137 @@ def load_checkpoint(path, expect_config=None):
 
 
 ARCHITECTURE_KEYS = ["m", "n", "patch", "scales", "g_maps", "g_kernels", "d_maps", "d_kernels", "d_fc", "d_maxpool"]
+
+
+# ----------------------------------------------------------------------------- predict (command line)
+# `python framepred.py predict --checkpoint C --input PATH --frames K --out DIR [--device D]`:
+# the next K frames of a video, predicted recursively (paper section 4: "we apply the model
+# recursively by using the newly generated frame as an input") on whole frames, G being fully
+# convolutional. Sides that do not divide by 8 (G's four scales) are padded, not cropped, so that
+# every pixel of the input is predicted: edge replication up to the next multiple of 8, split
+# between the two sides (the extra pixel at the bottom / right), and every prediction cropped
+# back to the input's size before it is saved or fed back in.
+
+class PredictError(Exception):
+    """A problem with predict's arguments or input (not a checkpoint or data error); a one-line message."""
+
+
+def pad_to_multiple(x, multiple=8):
+    """Edge-replicate the last two axes of x up to multiples of ``multiple``.
+    -> (padded, (top, bottom, left, right)); the pads are 0 when the sides already divide."""
+    h, w = x.shape[-2:]
+    dh, dw = -h % multiple, -w % multiple
+    pads = (dh // 2, dh - dh // 2, dw // 2, dw - dw // 2)
+    if not (dh or dw):
+        return x, pads
+    width = [(0, 0)] * (x.ndim - 2) + [(pads[0], pads[1]), (pads[2], pads[3])]
+    return np.pad(x, width, mode="edge"), pads
+
+
+def predict_frames(ops, params, config, history, count):
+    """The next ``count`` frames after history (T >= m, 3, H, W) on [-1, 1], any H and W:
+    float32 (count, 3, H, W). Each forward pass of G sees the newest m frames (padded, see
+    pad_to_multiple) and gives n frames (cropped back), which become the newest frames."""
+    m, n, top = config["m"], config["n"], config["scales"][-1]
+    if len(history) < m:
+        raise PredictError(f"{len(history)} frames given, the model needs m = {m}")
+    h, w = history.shape[-2:]
+    device_params = {key: ops.asarray(value) for key, value in params.items()}
+    frames, out = [np.asarray(f, dtype=np.float32) for f in history[-m:]], []
+    while len(out) < count:
+        X, (pt, _, pl, _) = pad_to_multiple(np.concatenate(frames[-m:], axis=0)[None])  # (1, 3m, H', W')
+        preds, _ = generator_forward(ops, device_params, config, ops.asarray(X, dtype=np.float32))
+        Y = ops.to_host(preds[top])[0, :, pt:pt + h, pl:pl + w].astype(np.float32)
+        new = list(Y.reshape(n, 3, h, w))
+        out += new
+        frames += new
+    return np.stack(out[:count])
+
+
+def predict(args):
+    """Handler of ``framepred.py predict``; returns the exit status: 0, or 1 with a one-line
+    "error: ..." on stderr for a bad checkpoint, input or output folder (never a traceback)."""
+    import warnings
+    from PIL import Image
+    from data import DataError, DataWarning, read_frames, to_uint8, to_unit
+    from kernels import BackendError, load_backend
+    try:
+        params, config, _ = load_checkpoint(args.checkpoint)
+        m = config["m"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DataWarning)
+            frames = read_frames(args.input)            # uint8 (T, H, W, 3)
+        for w_ in caught:
+            print(f"warning: {w_.message}", file=sys.stderr)
+        T, H, W = frames.shape[:3]
+        if T < m:
+            raise PredictError(f"{args.input} has {T} frame{'s' * (T != 1)}; this model "
+                               f"({args.checkpoint}) needs at least m = {m} input frames")
+        print(f"input {args.input}: {T} frames of {W}x{H} (WxH); predicting {args.frames} frame"
+              f"{'s' * (args.frames != 1)} from the last {m}, {config['n']} per pass of G, recursively")
+        _, (pt, pb, pl, pr) = pad_to_multiple(np.zeros((H, W)))
+        if pt + pb + pl + pr:
+            print(f"frame sides do not divide by 8: padded by edge replication to {W + pl + pr}x{H + pt + pb} "
+                  f"(top +{pt}, bottom +{pb}, left +{pl}, right +{pr} px); predictions cropped back to {W}x{H}")
+        ops = load_backend(args.device)
+        history = to_unit(frames[-m:]).transpose(0, 3, 1, 2)
+        preds = predict_frames(ops, params, config, history, args.frames)
+        os.makedirs(args.out, exist_ok=True)
+        paths = []
+        for i, p in enumerate(preds, 1):
+            paths.append(os.path.join(args.out, f"pred_{i}.png"))
+            Image.fromarray(to_uint8(p).transpose(1, 2, 0)).save(paths[-1], format="PNG")
+        import metrics
+        gif = os.path.join(args.out, "predictions.gif")
+        metrics.save_gif(gif, list(history) + list(preds), fps=4)
+    except (CheckpointError, DataError, BackendError, PredictError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {paths[0]}" + (f" ... {paths[-1]}" if len(paths) > 1 else "")
+          + f" ({W}x{H}) and {gif} ({m} input frames, then {len(paths)} predicted)")
+    return 0
+
+
+def build_parser():
+    """``python framepred.py COMMAND ...``; each subcommand sets func(args) -> exit status."""
+    import argparse
+
+    def positive_int(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+        return v
+
+    parser = argparse.ArgumentParser(prog="framepred.py", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("predict", help="predict the next frames of a video with a checkpoint",
+                       description="Predict the next K frames of a video, recursively from its last m "
+                                   "frames, at full frame size; writes DIR/pred_1.png ... DIR/pred_K.png and "
+                                   "DIR/predictions.gif (the m input frames, then the predictions). Sides that "
+                                   "do not divide by 8 are padded by edge replication for the generator and "
+                                   "the predictions cropped back.")
+    p.add_argument("--checkpoint", required=True, metavar="C", help="checkpoint file (.npz)")
+    p.add_argument("--input", required=True, metavar="PATH",
+                   help="video file (.mp4 .avi .mkv .mov .webm) or folder of .png/.jpg frames (natural order)")
+    p.add_argument("--frames", type=positive_int, default=1, metavar="K",
+                   help="number of frames to predict (default %(default)s)")
+    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
+    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
+    p.set_defaults(func=predict)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -679,9 +679,9 @@ def write_figures(out, rows, clips, masks, count):
 def load_test_set(data, split_list, every_nth, count, length, size):
     """(clips (N, length, 3, H, W) float32, a description). DataError on a bad path or set."""
     import warnings
-    from data import open_source
+    from data import DataWarning, open_source
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("always", DataWarning)
         source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
         clips = source.test_clips(count, length, size)
     for w in caught:
@@ -745,6 +745,11 @@ def evaluate(args):
         "Optical flow baseline: the last input moved on by the flow between the last two inputs "
         "(once for the 1st frame, twice for the 2nd).",
     ]
+    if args.figures:
+        notes.append(f"Figures (first {min(args.figures, len(clips))} clips): figure4_clip{{i}}.png rows = input frames, "
+                     "ground truth (t+1, t+2), the ground truth outside the moving areas blacked out, then "
+                     "each row of the table (1st, 2nd predicted frame); clip{i}.gif panels, left to right: "
+                     "ground truth, " + ", ".join(row["name"] for row in rows) + ".")
     text = format_text_table(rows, means)
     print(text)
     try:

@@ -23,7 +23,7 @@ from kernels import BackendError, load_backend
 # Reduced-width preset for a CPU: a visible result in about 10 minutes on 2 cores.
 PRESETS = {
     "paper": dict(width=1.0, steps=50000),
-    "small": dict(width=1 / 8, steps=1600, steps_adv=400),
+    "small": dict(width=1 / 8, steps=1400, steps_adv=400),
 }
 
 

@@ -22,6 +22,11 @@ def _check_rank(x, rank, what):
 
 
 # --------------------------------------------------------------------------- conv2d
+def _gemm(a, b):
+    """Every matrix product of the convolutions and fully connected layers (one place to time them)."""
+    return np.matmul(a, b)
+
+
 def conv_output_size(h, w, k, mode):
     """Output side for stride 1: 'same' keeps (h, w); 'valid' gives (h - k + 1, w - k + 1)."""
     if mode == "same":
@@ -96,7 +101,7 @@ def conv2d_forward(x, w, b, mode):
     c_out, _, k, _ = w.shape
     ho, wo = conv_output_size(h, wd, k, mode)
     cols = im2col(x, k, pad)                                    # (N*Ho*Wo, C_in*k*k)
-    out = cols @ w.reshape(c_out, -1).T + b                     # (N*Ho*Wo, C_out)
+    out = _gemm(cols, w.reshape(c_out, -1).T) + b                    # (N*Ho*Wo, C_out)
     out = out.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2)
     # The backward recomputes cols from x: memory for one layer's cols, not every layer's.
     return np.ascontiguousarray(out), (x, w, pad)
@@ -111,9 +116,9 @@ def conv2d_backward(dout, cache, need_dx=True):
     c_out, _, k, _ = w.shape
     cols = im2col(x, k, pad)
     dout_mat = dout.transpose(0, 2, 3, 1).reshape(-1, c_out)     # (N*Ho*Wo, C_out)
-    dw = (dout_mat.T @ cols).reshape(w.shape)
+    dw = _gemm(dout_mat.T, cols).reshape(w.shape)
     db = dout_mat.sum(axis=0)
-    dx = col2im(dout_mat @ w.reshape(c_out, -1), x.shape, k, pad) if need_dx else None
+    dx = col2im(_gemm(dout_mat, w.reshape(c_out, -1)), x.shape, k, pad) if need_dx else None
     return dx, dw, db
 
 
@@ -123,13 +128,13 @@ def fc_forward(x, w, b):
     _check_rank(x, 2, "fc")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
-    return x @ w.T + b, (x, w)
+    return _gemm(x, w.T) + b, (x, w)
 
 
 def fc_backward(dout, cache):
     """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in), db (D_out,)."""
     x, w = cache
-    return dout @ w, dout.T @ x, dout.sum(axis=0)
+    return _gemm(dout, w), _gemm(dout.T, x), dout.sum(axis=0)
 
 
 # --------------------------------------------------------------------------- activations

@@ -1,0 +1,393 @@
+"""Benchmark of one training iteration (Algorithm 1), called by `python train_min.py --bench N`.
+
+run_bench(ops, params, config, next_batch, n): one warm-up iteration, then n timed iterations of
+framepred.train_step, each on two fresh minibatches from next_batch(). It prints
+
+- the BLAS in use (NumPy backend) and OPENBLAS_CORETYPE when set;
+- a per-phase table: G forward, G backward, D forward, D backward, losses, update and the rest
+  (downscaling, concatenations) of train_step; for each, its exclusive time per step and how much
+  of it went to GEMMs and to im2col/col2im (the unfolding copies of the convolutions), with the
+  GEMM work counted and its rate;
+- as the last line:
+  `bench: ms_per_step=... gflop_per_step=... gflops=... sgemm_gflops=... ratio=... peak_rss_mib=...`
+
+gflop_per_step is computed analytically from the config (analytic_gflop): 2 x the multiply-adds
+of every convolution and fully connected layer, forward, and backward dx and dw as train_step
+performs them. It is checked against the GEMM work counted while timing. sgemm_gflops is a plain
+float32 GEMM of a comparable size, (8192 x 6400) @ (6400 x 256), measured in the same process
+after the iterations; ratio = gflops / sgemm_gflops. peak_rss_mib is the process's peak resident
+memory (getrusage) at the end of the timed iterations, before the reference GEMM.
+
+Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backward and
+sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
+in the module at each call), the losses are timed through a proxy around `ops`, and in the NumPy
+backend the GEMM and im2col/col2im helpers are timed by wrapping them in kernels.numpy_ops (the
+convolutions call them through the module, so the wrapper sees every call). Everything is
+restored afterwards. Phase times are exclusive: a D forward inside the G step's loss counts as
+D forward, not as losses.
+"""
+import os
+import resource
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+import framepred as fp
+
+PHASES = ["G forward", "G backward", "D forward", "D backward", "losses", "update", "other"]
+MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backward",
+                "discriminator_forward": "D forward", "discriminator_backward": "D backward",
+                "sgd_update": "update"}
+LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
+# kernels.numpy_ops helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
+GEMM_HELPERS = ("_gemm",)
+UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold")
+SGEMM_SHAPE = (8192, 6400, 256)          # (M, K, N) of the reference GEMM
+
+
+# ----------------------------------------------------------------------------- analytic work
+def conv_layers(config):
+    """Every convolution as (net, scale index j, layer i, c_in, c_out, k, output pixels per sample)."""
+    layers = []
+    m3, n3 = 3 * config["m"], 3 * config["n"]
+    for j, k in enumerate(config["scales"]):
+        side = config["patch"] // fp.scale_factor(k)
+        c_in = m3 if j == 0 else m3 + n3
+        for i, (c_out, ks) in enumerate(zip(config["g_maps"][j] + [n3], config["g_kernels"][j]), 1):
+            layers.append(("G", j, i, c_in, c_out, ks, side * side))            # 'same'
+            c_in = c_out
+        c_in = m3 + n3
+        for i, (c_out, ks) in enumerate(zip(config["d_maps"][j], config["d_kernels"][j]), 1):
+            side -= ks - 1                                                     # 'valid'
+            layers.append(("D", j, i, c_in, c_out, ks, side * side))
+            c_in = c_out
+    return layers
+
+
+def fc_layers(config):
+    """D's fully connected layers as (d_in, d_out)."""
+    out = []
+    for j, flat in enumerate(fp.d_flat_sizes(config)):
+        d_in = flat
+        for d_out in config["d_fc"][j] + [1]:
+            out.append((d_in, d_out))
+            d_in = d_out
+    return out
+
+
+def forward_macs(config, net):
+    """Multiply-adds of one forward pass of G or D (all scales) on one sample."""
+    macs = sum(c_in * c_out * k * k * px for nt, _, _, c_in, c_out, k, px in conv_layers(config) if nt == net)
+    if net == "D":
+        macs += sum(a * b for a, b in fc_layers(config))
+    return macs
+
+
+def backward_macs(config, net, weights=True, inputs=True, first_dx="none", candidate_only=False):
+    """Multiply-adds of one backward pass of G or D on one sample.
+
+    weights: the weight gradients (one GEMM per layer, as large as its forward).
+    inputs: the input gradients of every layer but the first convolution of each scale.
+    first_dx: that first convolution's input gradient: "none", "all" (every input channel) or
+    "needed" (only the channels that need one: the coarse guess in G, the candidate in D).
+    G's scale-1 first convolution sees data only and never gets one.
+    """
+    m3, n3 = 3 * config["m"], 3 * config["n"]
+    macs = 0
+    for nt, j, i, c_in, c_out, k, px in conv_layers(config):
+        if nt != net:
+            continue
+        fwd = c_in * c_out * k * k * px
+        macs += fwd if weights else 0
+        if i > 1:
+            macs += fwd if inputs else 0
+        elif net == "G" and j == 0:
+            pass                                      # G's scale-1 input is data only
+        elif first_dx == "all":
+            macs += fwd
+        elif first_dx == "needed":
+            macs += fwd * n3 // c_in
+    if net == "D":
+        fc = sum(a * b for a, b in fc_layers(config))
+        macs += (fc if weights else 0) + (fc if inputs else 0)
+    return macs
+
+
+def step_macs(config, batch, d_weights_in_g_step, first_dx):
+    """Multiply-adds of one train_step. first_dx: "all" or "needed" (see backward_macs), for the
+    first convolutions whose input gradient is used at all (G's scales after the first; D's in the
+    G step). G's scale-1 input and D's input in the D step get none in either case."""
+    g_fwd = forward_macs(config, "G")
+    g_bwd = backward_macs(config, "G", first_dx=first_dx)
+    macs = batch * (g_fwd + g_bwd)                                  # the G step's G
+    if config["lam_adv"]:
+        d_fwd = forward_macs(config, "D")
+        macs += batch * g_fwd                                       # D step: G's predictions
+        macs += 2 * batch * (d_fwd + backward_macs(config, "D", first_dx="none"))   # D on 2N
+        macs += batch * (d_fwd + backward_macs(config, "D", weights=d_weights_in_g_step, first_dx=first_dx))
+    return macs
+
+
+def analytic_gflop(config, batch, counted_gflop=None):
+    """GFLOP (2 x multiply-adds) of one train_step -> (gflop, which variant).
+
+    train_step's work depends on two choices of the implementation: whether the G step also
+    computes D's weight gradients (unused), and whether the first convolutions' input gradients
+    cover every input channel or only those that need one. With counted_gflop (the GEMM work
+    observed while timing) the variant that matches it is taken; else the leanest."""
+    variants = {}
+    for d_w in (False, True):
+        for first in ("needed", "all"):
+            label = (f"D weight grads in G step: {'yes' if d_w else 'no'}; "
+                     f"first-conv input grads: {'all channels' if first == 'all' else 'needed channels only'}")
+            variants[label] = 2 * step_macs(config, batch, d_w, first) / 1e9
+    if counted_gflop is None:
+        label = next(iter(variants))
+    else:
+        label = min(variants, key=lambda v: abs(variants[v] - counted_gflop))
+    return variants[label], label
+
+
+# ----------------------------------------------------------------------------- timing
+class Timer:
+    """Exclusive per-phase times (a stack: a nested phase pauses its parent) plus, attributed to the
+    phase running, the time and GEMM work of the leaf kinds "gemm" and "unfold"."""
+
+    def __init__(self, sync):
+        self.sync = sync
+        self.stack = []
+        self.phase = defaultdict(float)
+        self.kind = defaultdict(float)            # (phase, kind) -> seconds
+        self.flop = defaultdict(float)            # phase -> GEMM flop
+        self.calls = defaultdict(int)
+
+    def current(self):
+        return self.stack[-1][0] if self.stack else "other"
+
+    def enter(self, name):
+        self.sync()
+        now = time.perf_counter()
+        if self.stack:
+            top = self.stack[-1]
+            self.phase[top[0]] += now - top[1]
+        self.stack.append([name, now])
+
+    def leave(self):
+        self.sync()
+        now = time.perf_counter()
+        name, start = self.stack.pop()
+        self.phase[name] += now - start
+        if self.stack:
+            self.stack[-1][1] = now
+
+    def phased(self, name, fn):
+        def wrapped(*args, **kwargs):
+            self.enter(name)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.leave()
+        return wrapped
+
+    def leaf(self, kind, fn, count_flop=False):
+        def wrapped(*args, **kwargs):
+            self.sync()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.sync()
+            phase = self.current()
+            self.kind[phase, kind] += time.perf_counter() - t0
+            self.calls[kind] += 1
+            if count_flop:
+                a, b = args[0], args[1]
+                batch = int(np.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))) if a.ndim > 2 or b.ndim > 2 else 1
+                self.flop[phase] += 2.0 * batch * a.shape[-2] * a.shape[-1] * b.shape[-1]
+            return out
+        return wrapped
+
+
+class TimedOps:
+    """The backend with its losses timed as the phase "losses"; every other name passes through."""
+
+    def __init__(self, ops, timer):
+        self._ops = ops
+        for name in LOSS_OPS:
+            setattr(self, name, timer.phased("losses", getattr(ops, name)))
+
+    def __getattr__(self, name):
+        return getattr(self._ops, name)
+
+
+def _install(timer, ops):
+    """Wrap the model's phases and the backend's GEMM / im2col helpers; -> list of (owner, name, original)."""
+    saved = []
+
+    def patch(owner, name, new):
+        saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, new)
+
+    for fn_name, phase in MODEL_PHASES.items():
+        patch(fp, fn_name, timer.phased(phase, getattr(fp, fn_name)))
+    # The NumPy backend is a module whose convolutions call its helpers through module globals;
+    # the CUDA backend is an object whose convolutions call self.im2col / self.col2im.
+    for name in GEMM_HELPERS:
+        if hasattr(ops, name):
+            patch(ops, name, timer.leaf("gemm", getattr(ops, name), count_flop=True))
+    for name in UNFOLD_HELPERS:
+        if hasattr(ops, name):
+            patch(ops, name, timer.leaf("unfold", getattr(ops, name)))
+    return saved
+
+
+def _restore(saved):
+    for owner, name, original in reversed(saved):
+        if isinstance(owner, type(fp)):
+            setattr(owner, name, original)
+        else:
+            try:
+                delattr(owner, name)       # an instance attribute shadowing the class's method
+            except AttributeError:
+                pass
+            if getattr(owner, name, None) is not original:
+                setattr(owner, name, original)
+
+
+def _sync_for(ops):
+    if getattr(ops, "name", "cpu") == "gpu":
+        xp = ops.xp
+        return lambda: xp.cuda.get_current_stream().synchronize()
+    return lambda: None
+
+
+def sgemm_gflops(ops, shape=SGEMM_SHAPE, repeats=3):
+    """Best of `repeats` float32 GEMMs (M x K) @ (K x N) on the backend, in GFLOP/s."""
+    m, k, n = shape
+    xp, sync = ops.xp, _sync_for(ops)
+    rng = np.random.default_rng(0)
+    a = ops.asarray(rng.standard_normal((m, k), dtype=np.float32))
+    b = ops.asarray(rng.standard_normal((k, n), dtype=np.float32))
+    out = xp.matmul(a, b)                                      # warm-up (threads, GPU handles)
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        xp.matmul(a, b, out=out)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9
+
+
+# ----------------------------------------------------------------------------- environment
+def blas_info():
+    """A line or two on the BLAS and its threads (NumPy backend), where cheaply available."""
+    lines = []
+    try:
+        blas = np.__config__.CONFIG["Build Dependencies"]["blas"]
+        lines.append(f"blas: {blas.get('name')} {blas.get('version')}")
+    except Exception:
+        pass
+    try:
+        import ctypes
+        libdir = os.path.join(os.path.dirname(os.path.dirname(np.__file__)), "numpy.libs")
+        libs = [f for f in os.listdir(libdir) if "openblas" in f]
+        if libs:
+            lib = ctypes.CDLL(os.path.join(libdir, libs[0]))
+            for prefix, suffix in (("scipy_openblas_", "64_"), ("openblas_", "64_"), ("openblas_", "")):
+                if hasattr(lib, f"{prefix}get_num_threads{suffix}"):
+                    threads = getattr(lib, f"{prefix}get_num_threads{suffix}")()
+                    core = getattr(lib, f"{prefix}get_corename{suffix}")
+                    core.restype = ctypes.c_char_p
+                    lines.append(f"openblas: {threads} threads, core {core().decode()}")
+                    break
+    except Exception:
+        pass
+    coretype = os.environ.get("OPENBLAS_CORETYPE")
+    lines.append(f"OPENBLAS_CORETYPE={coretype}" + ("  (forces OpenBLAS's kernels for that core; "
+                 "numbers may differ without it)" if coretype else " (unset)"))
+    lines.append(f"cpus: {os.cpu_count()}")
+    return lines
+
+
+def _peak_rss_mib():
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20
+
+
+# ----------------------------------------------------------------------------- the run
+def run_bench(ops, params, config, next_batch, n):
+    """Warm up with one iteration, time n, print the table and the bench line; -> exit status 0."""
+    if n < 1:
+        raise ValueError(f"--bench needs at least 1 iteration, got {n}")
+    batch = int(next_batch()[0].shape[0])
+    lr_g = fp.lr_g_at(0, 2)
+    print(f"bench: {n} timed iteration{'s' * (n != 1)} of Algorithm 1 after 1 warm-up; batch {batch}, "
+          f"loss {config['loss']}, width {config['width']:g}, patch {config['patch']}, backend {ops.name}")
+    if ops.name == "cpu":
+        for line in blas_info():
+            print("  " + line)
+    sys.stdout.flush()
+
+    fp.train_step(ops, params, config, next_batch(), next_batch(), lr_g=lr_g)         # warm-up
+
+    timer = Timer(_sync_for(ops))
+    timed_ops = TimedOps(ops, timer)
+    saved = _install(timer, ops)
+    data_s = step_s = 0.0
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            d_batch, g_batch = next_batch(), next_batch()
+            t1 = time.perf_counter()
+            timer.enter("other")
+            fp.train_step(timed_ops, params, config, d_batch, g_batch, lr_g=lr_g)
+            timer.leave()
+            t2 = time.perf_counter()
+            data_s += t1 - t0
+            step_s += t2 - t1
+    finally:
+        _restore(saved)
+    peak_rss = _peak_rss_mib()
+
+    ms = 1e3 / n
+    counted = sum(timer.flop.values()) / n / 1e9
+    gflop, variant = analytic_gflop(config, batch, counted if counted else None)
+    have_gemm = bool(timer.calls["gemm"])
+    have_unfold = bool(timer.calls["unfold"])
+
+    def col(value, width, fmt="{:.1f}", show=True):
+        return (fmt.format(value) if show else "n/a").rjust(width)
+
+    print()
+    print(f"{'phase':<12} {'ms/step':>9} {'%':>6} {'GEMM ms':>9} {'im2col ms':>10} {'rest ms':>9} "
+          f"{'GEMM GFLOP':>11} {'GEMM GFLOP/s':>13}")
+    rows = [(phase, timer.phase[phase] * ms, timer.kind[phase, "gemm"] * ms, timer.kind[phase, "unfold"] * ms,
+             timer.flop[phase] / n / 1e9) for phase in PHASES]
+    tot = [sum(r[i] for r in rows) for i in range(1, 5)]
+    for phase, t, g, u, f in rows + [("total", *tot)]:
+        print(f"{phase:<12} {col(t, 9)} {col(100 * t / tot[0], 6)} {col(g, 9, show=have_gemm)} "
+              f"{col(u, 10, show=have_unfold)} {col(t - g - u, 9)} {col(f, 11, '{:.2f}', have_gemm)} "
+              f"{col(f / g * 1e3 if g else 0, 13, show=g > 0)}")
+    tot = dict(zip("tguf", tot))
+    print(f"(phases are exclusive; 'other' is the rest of train_step: downscaling, concatenations; "
+          f"minibatch sampling outside train_step: {data_s * ms:.1f} ms/step, not counted)")
+    if have_gemm:
+        print(f"GEMM: {tot['g'] / tot['t'] * 100:.1f}% of the step, {timer.calls['gemm'] / n:.0f} calls/step; "
+              f"im2col/col2im: {tot['u'] / tot['t'] * 100:.1f}%, {timer.calls['unfold'] / n:.0f} calls/step; "
+              f"everything else: {(tot['t'] - tot['g'] - tot['u']) / tot['t'] * 100:.1f}%")
+        agree = abs(counted - gflop) / gflop
+        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs counted {counted:.2f}"
+              + ("" if agree < 0.005 else f"  (differ by {100 * agree:.1f}%: the analytic model is out of date)"))
+    else:
+        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs not counted on this backend")
+    sys.stdout.flush()
+
+    ref = sgemm_gflops(ops)
+    ms_step = step_s * ms
+    gflops = gflop / (ms_step / 1e3)
+    m, k, nn = SGEMM_SHAPE
+    print(f"reference sgemm ({m} x {k}) @ ({k} x {nn}) float32: {ref:.1f} GFLOP/s")
+    print(f"bench: ms_per_step={ms_step:.1f} gflop_per_step={gflop:.2f} gflops={gflops:.2f} "
+          f"sgemm_gflops={ref:.2f} ratio={gflops / ref:.3f} peak_rss_mib={peak_rss:.0f}", flush=True)
+    return 0
