@@ -514,7 +514,7 @@ def build_parser():
             raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
         return v
 
-    parser = argparse.ArgumentParser(prog="framepred.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="framepred.py", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("predict", help="predict the next frames of a video with a checkpoint",
                        description="Predict the next K frames of a video, recursively from its last m "

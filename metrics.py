@@ -419,8 +419,9 @@ def save_gif(path, frames, fps=4, min_size=96):
 #   2nd output frame instead (one forward pass); the table says which in its "2nd frame" column.
 # - Moving areas ("truth", the default): the mask of predicted frame t+k comes from the optical
 #   flow of the ground-truth pair (t+k-1, t+k) (t = the last input frame): for frame 1 the last
-#   input and the 1st target, for frame 2 the 1st and the 2nd target, which is what the authors'
-#   flow images pred_4_flow / target_1_flow hold (EpicFlow there, our Lucas-Kanade here). A pixel
+#   input and the 1st target, for frame 2 the 1st and the 2nd target: our reading of the authors'
+#   flow images pred_4_flow / target_1_flow (EpicFlow there, our Lucas-Kanade here; the names could
+#   also mean the pairs one frame earlier, which "inputs" approximates). A pixel
 #   moves where the flow magnitude exceeds the threshold on either frame's grid: where the content
 #   was and where it is now. "inputs": both masks from the last two input frames (t-1, t), which
 #   a predictor could know. Masks depend only on the clip, so every row is scored on the same pixels.
@@ -815,7 +816,7 @@ def build_parser():
                    help="write figures for the first K clips (default %(default)s; 0: none)")
     p.add_argument("--mask-pair", choices=["truth", "inputs"], default="truth",
                    help="frames whose optical flow makes the moving-area mask: 'truth' = (t+k-1, t+k) for "
-                        "predicted frame t+k, as in the authors' test script; 'inputs' = the last two "
+                        "predicted frame t+k (our reading of the authors' test script); 'inputs' = the last two "
                         "input frames (default %(default)s)")
     p.add_argument("--motion-threshold", type=float, default=MOTION_THRESHOLD, metavar="PX",
                    help="flow magnitude (pixels) above which a pixel is moving (default %(default)s)")
