@@ -315,7 +315,7 @@ def test_cuda_load_backend_without_gpu_says_why(capsys):
     with pytest.raises(BackendError, match="--device gpu: no usable GPU"):
         load_backend("gpu")
     assert load_backend("auto") is ref
-    assert "running on the CPU" in capsys.readouterr().err
+    assert "running on the CPU" in capsys.readouterr().out
     assert load_backend("cpu") is ref
 
 
