@@ -3,7 +3,7 @@
 run_bench(ops, params, config, next_batch, n): one warm-up iteration, then n timed iterations of
 framepred.train_step, each on two fresh minibatches from next_batch(). It prints
 
-- the BLAS in use (NumPy backend) and OPENBLAS_CORETYPE when set;
+- the BLAS in use and its threads (NumPy backend), OPENBLAS_CORETYPE and OPENBLAS_THREAD_TIMEOUT;
 - a per-phase table: G forward, G backward, D forward, D backward, losses, update and the rest
   (downscaling, concatenations) of train_step; for each, its exclusive time per step and how much
   of it went to GEMMs and to im2col/col2im (the unfolding copies of the convolutions), with the
@@ -14,9 +14,11 @@ framepred.train_step, each on two fresh minibatches from next_batch(). It prints
 gflop_per_step is computed analytically from the config (analytic_gflop): 2 x the multiply-adds
 of every convolution and fully connected layer, forward, and backward dx and dw as train_step
 performs them. It is checked against the GEMM work counted while timing. sgemm_gflops is a plain
-float32 GEMM of a comparable size, (8192 x 6400) @ (6400 x 256), measured in the same process
-after the iterations; ratio = gflops / sgemm_gflops. peak_rss_mib is the process's peak resident
-memory (getrusage) at the end of the timed iterations, before the reference GEMM.
+float32 GEMM of a comparable size, (8192 x 6400) @ (6400 x 256), measured in the same process,
+the best of 5 before the warm-up and 5 after the iterations (the machine may be shared: the best
+is its capability); ratio = gflops / sgemm_gflops. peak_rss_mib is the process's peak resident
+memory (getrusage) at the end of the timed iterations (the first reference GEMM's ~225 MiB of
+operands come and go before the warm-up, below a paper-size step's peak).
 
 Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backward and
 sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
@@ -43,7 +45,7 @@ MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backw
 LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
 # kernels.numpy_ops helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
 GEMM_HELPERS = ("_gemm",)
-UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold")
+UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold", "_add_taps")
 SGEMM_SHAPE = (8192, 6400, 256)          # (M, K, N) of the reference GEMM
 
 
@@ -85,7 +87,7 @@ def forward_macs(config, net):
     return macs
 
 
-def backward_macs(config, net, weights=True, inputs=True, first_dx="none", candidate_only=False):
+def backward_macs(config, net, weights=True, inputs=True, first_dx="none"):
     """Multiply-adds of one backward pass of G or D on one sample.
 
     weights: the weight gradients (one GEMM per layer, as large as its forward).
@@ -94,7 +96,7 @@ def backward_macs(config, net, weights=True, inputs=True, first_dx="none", candi
     "needed" (only the channels that need one: the coarse guess in G, the candidate in D).
     G's scale-1 first convolution sees data only and never gets one.
     """
-    m3, n3 = 3 * config["m"], 3 * config["n"]
+    n3 = 3 * config["n"]
     macs = 0
     for nt, j, i, c_in, c_out, k, px in conv_layers(config):
         if nt != net:
@@ -221,11 +223,12 @@ class TimedOps:
 
 
 def _install(timer, ops):
-    """Wrap the model's phases and the backend's GEMM / im2col helpers; -> list of (owner, name, original)."""
+    """Wrap the model's phases and the backend's GEMM / im2col helpers; -> what _restore undoes."""
     saved = []
 
     def patch(owner, name, new):
-        saved.append((owner, name, getattr(owner, name)))
+        own = isinstance(owner, type(fp)) or name in vars(owner)     # a module's, or the object's own
+        saved.append((owner, name, getattr(owner, name), own))
         setattr(owner, name, new)
 
     for fn_name, phase in MODEL_PHASES.items():
@@ -242,16 +245,11 @@ def _install(timer, ops):
 
 
 def _restore(saved):
-    for owner, name, original in reversed(saved):
-        if isinstance(owner, type(fp)):
+    for owner, name, original, own in reversed(saved):
+        if own:
             setattr(owner, name, original)
         else:
-            try:
-                delattr(owner, name)       # an instance attribute shadowing the class's method
-            except AttributeError:
-                pass
-            if getattr(owner, name, None) is not original:
-                setattr(owner, name, original)
+            delattr(owner, name)           # the wrapper shadowed a method of the object's class
 
 
 def _sync_for(ops):
@@ -261,7 +259,7 @@ def _sync_for(ops):
     return lambda: None
 
 
-def sgemm_gflops(ops, shape=SGEMM_SHAPE, repeats=3):
+def sgemm_gflops(ops, shape=SGEMM_SHAPE, repeats=5):
     """Best of `repeats` float32 GEMMs (M x K) @ (K x N) on the backend, in GFLOP/s."""
     m, k, n = shape
     xp, sync = ops.xp, _sync_for(ops)
@@ -306,6 +304,10 @@ def blas_info():
     coretype = os.environ.get("OPENBLAS_CORETYPE")
     lines.append(f"OPENBLAS_CORETYPE={coretype}" + ("  (forces OpenBLAS's kernels for that core; "
                  "numbers may differ without it)" if coretype else " (unset)"))
+    timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    lines.append(f"OPENBLAS_THREAD_TIMEOUT={timeout}" + ("" if timeout else
+                 " (unset: OpenBLAS's idle threads spin ~0.1 s after every GEMM, taking the cores "
+                 "from the im2col copies; 4 before NumPy is imported lets them sleep)"))
     lines.append(f"cpus: {os.cpu_count()}")
     return lines
 
@@ -316,19 +318,21 @@ def _peak_rss_mib():
 
 
 # ----------------------------------------------------------------------------- the run
-def run_bench(ops, params, config, next_batch, n):
-    """Warm up with one iteration, time n, print the table and the bench line; -> exit status 0."""
+def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
+    """Warm up with one iteration, time n, print the table and the bench line; -> exit status 0.
+    The parameters are trained by the iterations (in place), as in a run."""
     if n < 1:
         raise ValueError(f"--bench needs at least 1 iteration, got {n}")
     batch = int(next_batch()[0].shape[0])
     lr_g = fp.lr_g_at(0, 2)
-    print(f"bench: {n} timed iteration{'s' * (n != 1)} of Algorithm 1 after 1 warm-up; batch {batch}, "
+    print(f"benchmark: {n} timed iteration{'s' * (n != 1)} of Algorithm 1 after 1 warm-up; batch {batch}, "
           f"loss {config['loss']}, width {config['width']:g}, patch {config['patch']}, backend {ops.name}")
     if ops.name == "cpu":
         for line in blas_info():
             print("  " + line)
     sys.stdout.flush()
 
+    ref_before = sgemm_gflops(ops, sgemm_shape)
     fp.train_step(ops, params, config, next_batch(), next_batch(), lr_g=lr_g)         # warm-up
 
     timer = Timer(_sync_for(ops))
@@ -376,18 +380,23 @@ def run_bench(ops, params, config, next_batch, n):
         print(f"GEMM: {tot['g'] / tot['t'] * 100:.1f}% of the step, {timer.calls['gemm'] / n:.0f} calls/step; "
               f"im2col/col2im: {tot['u'] / tot['t'] * 100:.1f}%, {timer.calls['unfold'] / n:.0f} calls/step; "
               f"everything else: {(tot['t'] - tot['g'] - tot['u']) / tot['t'] * 100:.1f}%")
-        agree = abs(counted - gflop) / gflop
-        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs counted {counted:.2f}"
-              + ("" if agree < 0.005 else f"  (differ by {100 * agree:.1f}%: the analytic model is out of date)"))
+        diff = (counted - gflop) / gflop
+        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs counted {counted:.2f} ({100 * diff:+.2f}%"
+              + ("" if abs(diff) < 0.005 else ": the analytic model is out of date") + ")")
     else:
         print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs not counted on this backend")
     sys.stdout.flush()
 
-    ref = sgemm_gflops(ops)
+    ref_after = sgemm_gflops(ops, sgemm_shape)
+    ref = max(ref_before, ref_after)
     ms_step = step_s * ms
     gflops = gflop / (ms_step / 1e3)
-    m, k, nn = SGEMM_SHAPE
-    print(f"reference sgemm ({m} x {k}) @ ({k} x {nn}) float32: {ref:.1f} GFLOP/s")
+    m, k, nn = sgemm_shape
+    print(f"reference sgemm ({m} x {k}) @ ({k} x {nn}) float32, best of 5 before and 5 after the "
+          f"iterations: {ref_before:.1f} and {ref_after:.1f} GFLOP/s; taking {ref:.1f}")
+    if have_gemm and tot["g"] and tot["f"] / tot["g"] * 1e3 > ref:
+        print(f"warning: the step's own GEMMs ran faster ({tot['f'] / tot['g'] * 1e3:.1f} GFLOP/s) than the "
+              f"reference: the machine was busier while it was measured, and the ratio reads high")
     print(f"bench: ms_per_step={ms_step:.1f} gflop_per_step={gflop:.2f} gflops={gflops:.2f} "
           f"sgemm_gflops={ref:.2f} ratio={gflops / ref:.3f} peak_rss_mib={peak_rss:.0f}", flush=True)
     return 0

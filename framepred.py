@@ -160,14 +160,19 @@ def _conv_stack_forward(ops, params, prefix, x, n_layers, mode, relu_last):
     return x, caches
 
 
-def _conv_stack_backward(ops, prefix, dout, caches, grads, need_dx):
-    """Backward of _conv_stack_forward; adds the parameter gradients to grads; returns dx (or None)."""
+def _conv_stack_backward(ops, prefix, dout, caches, grads, dx_from=None, need_param_grads=True):
+    """Backward of _conv_stack_forward; adds the parameter gradients to grads (unless
+    need_param_grads is False); returns the gradient of the stack's input channels dx_from: on,
+    or None when dx_from is None (no input channel needs one)."""
     for i in range(len(caches), 0, -1):
         conv_cache, relu_cache = caches[i - 1]
         if relu_cache is not None:
             dout = ops.relu_backward(dout, relu_cache)
-        dout, grads[f"{prefix}/conv{i}/weight"], grads[f"{prefix}/conv{i}/bias"] = ops.conv2d_backward(
-            dout, conv_cache, need_dx=(i > 1 or need_dx))
+        first = i == 1
+        dout, dw, db = ops.conv2d_backward(dout, conv_cache, need_dx=not first or dx_from is not None,
+                                           need_dw=need_param_grads, dx_from=(dx_from or 0) if first else 0)
+        if need_param_grads:
+            grads[f"{prefix}/conv{i}/weight"], grads[f"{prefix}/conv{i}/bias"] = dw, db
     return dout
 
 
@@ -215,10 +220,10 @@ def generator_backward(ops, params, config, dpreds, caches):
         stack, tanh_cache, x_channels = caches[k]
         dpred = dpreds[k] if d_coarse is None else dpreds[k] + d_coarse
         dh = ops.tanh_backward(dpred, tanh_cache)
-        dinp = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, need_dx=j > 0)
+        # the input's data channels X_k need no gradient, only the coarse guess u_k(Y_hat_(k-1))
+        d_up = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, dx_from=x_channels if j > 0 else None)
         if j > 0:
-            d_up = ops.concat_backward(dinp, [x_channels, dh.shape[1]])[1] + dh   # concat input + residual
-            d_coarse = ops.upsample_backward(d_up, 2)
+            d_coarse = ops.upsample_backward(d_up + dh, 2)                   # concat input + residual
     return grads
 
 
@@ -243,24 +248,28 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
     return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1])
 
 
-def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad):
-    """dlogits: (N, 1) -> (gradients of D_k's parameters, dL/dY_k (N, 3n, s_k, s_k) or None).
+def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, need_param_grads=True):
+    """dlogits: (N, 1) -> (gradients of D_k's parameters ({} when need_param_grads is False),
+    dL/dY_k (N, 3n, s_k, s_k) or None).
 
-    The candidate's gradient is the path of the adversarial loss into G (G step only)."""
+    The candidate's gradient is the path of the adversarial loss into G (G step only, where D is
+    held fixed and its parameter gradients are not needed)."""
     stack, pool_cache, flat_cache, fc_caches, x_channels = cache
     grads, d = {}, dlogits
     for i in range(len(fc_caches), 0, -1):
         fc_cache, relu_cache = fc_caches[i - 1]
         if relu_cache is not None:
             d = ops.relu_backward(d, relu_cache)
-        d, grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = ops.fc_backward(d, fc_cache)
+        d, dw, db = ops.fc_backward(d, fc_cache, need_dw=need_param_grads)
+        if need_param_grads:
+            grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = dw, db
     d = ops.flatten_backward(d, flat_cache)
     if pool_cache is not None:
         d = ops.maxpool2_backward(d, pool_cache)
-    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, need_dx=need_candidate_grad)
-    if not need_candidate_grad:
-        return grads, None
-    return grads, ops.concat_backward(d, [x_channels, d.shape[1] - x_channels])[1]
+    # of D's input concat(X_k, Y_k), only the candidate Y_k's channels need a gradient
+    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, dx_from=x_channels if need_candidate_grad else None,
+                             need_param_grads=need_param_grads)
+    return grads, d
 
 
 # ----------------------------------------------------------------------------- losses
@@ -312,7 +321,8 @@ def g_loss(ops, params, config, X, Y, preds):
             logits, cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
             loss, dlogits = ops.bce_logits_loss(logits, 1.0)
             terms["adv"] += float(loss)
-            _, d = discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad=True)
+            _, d = discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad=True,
+                                          need_param_grads=False)
             dpred = dpred + config["lam_adv"] * d
         dpreds[k] = dpred
     terms["total"] = config["lam_lp"] * terms["lp"] + config["lam_gdl"] * terms["gdl"] + config["lam_adv"] * terms["adv"]

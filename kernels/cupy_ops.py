@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from kernels.numpy_ops import _check_pair, _check_rank, conv_check, conv_output_size
+from kernels.numpy_ops import _check_pair, _check_rank, check_dx_from, conv_check, conv_output_size
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -181,20 +181,28 @@ class CudaOps:
         # as numpy_ops: the backward recomputes cols from x
         return out.reshape(n, c_out, ho, wo), (x, w, pad)
 
-    def conv2d_backward(self, dout, cache, need_dx=True):
-        """-> dx (N, C_in, H, W) or None (need_dx=False), dw (C_out, C_in, k, k), db (C_out,)."""
+    def conv2d_backward(self, dout, cache, need_dx=True, need_dw=True, dx_from=0):
+        """-> dx (N, C_in - dx_from, H, W) or None (need_dx=False), dw (C_out, C_in, k, k) and
+        db (C_out,), or None for both (need_dw=False); see numpy_ops.conv2d_backward."""
         x, w, pad = cache
-        n, _, h, wd = x.shape
+        n, c_in, h, wd = x.shape
         c_out, _, k, _ = w.shape
+        check_dx_from(dx_from, c_in)
         ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
         dout = self._f32(dout, "conv2d_backward dout")
         self._check_same_shape(dout, (n, c_out, ho, wo), "conv2d_backward")
         rows = self._empty((n * ho * wo, c_out))                         # dout in the GEMM layout
         self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
-        cols = self.im2col(x, k, pad)
-        dw = self.xp.matmul(rows.T, cols).reshape(w.shape)
-        db = rows.sum(axis=0)
-        dx = self.col2im(self.xp.matmul(rows, w.reshape(c_out, -1)), x.shape, k, pad) if need_dx else None
+        dw = db = None
+        if need_dw:
+            cols = self.im2col(x, k, pad)
+            dw = self.xp.matmul(rows.T, cols).reshape(w.shape)
+            db = rows.sum(axis=0)
+            del cols
+        dx = None
+        if need_dx:
+            w_in = self.xp.ascontiguousarray(w[:, dx_from:]).reshape(c_out, -1)
+            dx = self.col2im(self.xp.matmul(rows, w_in), (n, c_in - dx_from, h, wd), k, pad)
         return dx, dw, db
 
     # ------------------------------------------------------------------ fully connected
@@ -210,11 +218,13 @@ class CudaOps:
         out = self._rows_to_nchw_bias(self.xp.matmul(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
         return out.reshape(n, d_out), (x, w)
 
-    def fc_backward(self, dout, cache):
-        """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in), db (D_out,)."""
+    def fc_backward(self, dout, cache, need_dw=True):
+        """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in) and db (D_out,), or None for both (need_dw=False)."""
         x, w = cache
         dout = self._f32(dout, "fc_backward dout")
         self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
+        if not need_dw:
+            return self.xp.matmul(dout, w), None, None
         return self.xp.matmul(dout, w), self.xp.matmul(dout.T, x), dout.sum(axis=0)
 
     # ------------------------------------------------------------------ activations
