@@ -139,9 +139,9 @@ def init_params(config, seed=0, dtype=np.float32):
     rho_G = 0.04 and no normalisation layers it keeps the pre-activations of the deep stacks
     small; He-style initialisation made the first steps diverge at that learning rate."""
     rng = np.random.default_rng(seed)
-    params = {}
-    for key, shape in parameter_shapes(config).items():
-        w_shape = shape if key.endswith("weight") else parameter_shapes(config)[key[:-4] + "weight"]
+    params, shapes = {}, parameter_shapes(config)
+    for key, shape in shapes.items():
+        w_shape = shape if key.endswith("weight") else shapes[key[:-4] + "weight"]
         bound = 1.0 / np.sqrt(np.prod(w_shape[1:]))
         params[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
     return params
@@ -515,15 +515,6 @@ def build_parser():
     """``python framepred.py COMMAND ...``; each subcommand sets func(args) -> exit status."""
     import argparse
 
-    def positive_int(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-        if v < 1:
-            raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-        return v
-
     parser = argparse.ArgumentParser(prog="framepred.py", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("predict", help="predict the next frames of a video with a checkpoint",
@@ -535,7 +526,7 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, metavar="C", help="checkpoint file (.npz)")
     p.add_argument("--input", required=True, metavar="PATH",
                    help="video file (.mp4 .avi .mkv .mov .webm) or folder of .png/.jpg frames (natural order)")
-    p.add_argument("--frames", type=positive_int, default=1, metavar="K",
+    p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",
                    help="number of frames to predict (default %(default)s)")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
@@ -543,13 +534,33 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
-    parser = build_parser()
+def int_at_least(low):
+    """An argparse type: an integer >= low, else a usage error saying so."""
+    import argparse
+
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
+        return v
+    return parse
+
+
+def run_command(parser, argv=None):
+    """Parse argv and run the chosen subcommand's func(args) -> exit status; help and 2 without one.
+    The command lines of framepred.py and metrics.py both end here."""
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
     return args.func(args)
+
+
+def main(argv=None):
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":

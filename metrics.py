@@ -27,6 +27,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 # The frame-layout helpers are data.py's (one definition in the project); re-exported here.
 from data import stack_frames, to_uint8, unstack_frames  # noqa: F401
+import framepred
+from framepred import CheckpointError, int_at_least, run_command
 
 PEAK = 2.0  # peak value ("max" in PSNR) of images on the [-1, 1] scale
 
@@ -486,7 +488,6 @@ def model_name(path, config):
 def load_models(paths):
     """[{name, path, params, config}] for the checkpoints; CheckpointError names a bad one.
     Equal names get the file name added."""
-    import framepred
     models = []
     for path in paths:
         params, config, _ = framepred.load_checkpoint(path)
@@ -505,7 +506,6 @@ def second_frame_rule(config):
 def model_predictions(ops, model, clips, batch=4):
     """The 1st and 2nd predicted frames of one model for clips (N, T, 3, H, W): two float32
     (N, 3, H, W) arrays. The model gets frames [T-2-m, T-2) of each clip (its own last m)."""
-    import framepred
     config = model["config"]
     m, n, top = config["m"], config["n"], config["scales"][-1]
     params = {key: ops.asarray(value) for key, value in model["params"].items()}
@@ -698,7 +698,6 @@ def load_test_set(data, split_list, every_nth, count, length, size):
 def evaluate(args):
     """Handler of ``metrics.py evaluate``; returns the exit status (see build_parser)."""
     from data import DataError
-    from framepred import CheckpointError
     from kernels import BackendError, load_backend
 
     def progress(msg):
@@ -768,19 +767,7 @@ def evaluate(args):
 
 # ----------------------------------------------------------------------------- command line
 
-def _int_at_least(low):
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}")
-        if v < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
-        return v
-    return parse
-
-
-_positive_int, _count = _int_at_least(1), _int_at_least(0)
+_positive_int, _count = int_at_least(1), int_at_least(0)
 
 
 def build_parser():
@@ -825,12 +812,7 @@ def build_parser():
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 2
-    return args.func(args)
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":
