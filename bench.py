@@ -41,7 +41,7 @@ import framepred as fp
 PHASES = ["G forward", "G backward", "D forward", "D backward", "losses", "update", "other"]
 MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backward",
                 "discriminator_forward": "D forward", "discriminator_backward": "D backward",
-                "sgd_update": "update"}
+                "sgd_update": "update", "adam_update": "update"}
 LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
 # kernels.numpy_ops helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
 GEMM_HELPERS = ("_gemm",)

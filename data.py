@@ -255,15 +255,19 @@ class SyntheticVideos:
         clips = np.stack([_filtered(draw, self.min_motion, self.max_tries) for _ in range(batch)])
         return _split_xy(clips, m)
 
-    def test_clips(self, count, length, size=None):
+    def test_clips(self, count, length, size=None, split="test"):
         """The fixed held-out set: float32 (count, length, 3, H, W) in [-1, 1], clip i rendered from
-        key (1, i). size: optional (H, W) center crop; default the whole frame with its sides
-        cropped down to multiples of 8."""
+        key (1, i). split="val": a second fixed set, from keys (2, i), for choosing training
+        settings without looking at the test clips. size: optional (H, W) center crop; default
+        the whole frame with its sides cropped down to multiples of 8."""
+        if split not in ("test", "val"):
+            raise DataError(f"split must be 'test' or 'val', got {split!r}")
         S = self.frame_size
         h, w = (S // 8 * 8, S // 8 * 8) if size is None else (int(size[0]), int(size[1]))
         if not (0 < h <= S and 0 < w <= S):
             raise DataError(f"test clip size {size} does not fit in the {S}x{S} synthetic frames")
-        clips = [center_crop(self.render(length, (1, i)), h, w) for i in range(int(count))]
+        stream = 1 if split == "test" else 2
+        clips = [center_crop(self.render(length, (stream, i)), h, w) for i in range(int(count))]
         return np.stack(clips) if clips else np.zeros((0, int(length), 3, h, w), np.float32)
 
 

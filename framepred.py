@@ -133,17 +133,28 @@ def count_parameters(config, net):
     return sum(int(np.prod(s)) for key, s in parameter_shapes(config).items() if key.startswith(net + "/"))
 
 
-def init_params(config, seed=0, dtype=np.float32):
+def init_params(config, seed=0, dtype=np.float32, zero_last=False):
     """Torch 7's default initialisation, as in the authors' Torch code: every weight and bias
     uniform in +-1/sqrt(fan_in), fan_in = C_in k k (conv) or D_in (fc). With plain SGD at
     rho_G = 0.04 and no normalisation layers it keeps the pre-activations of the deep stacks
-    small; He-style initialisation made the first steps diverge at that learning rate."""
+    small; He-style initialisation made the first steps diverge at that learning rate.
+
+    zero_last: start the last convolution of every G'_k at zero (a departure from the authors'
+    code, chosen by experiment for short runs, see README "Training in minutes"): each scale
+    k > 1 then starts as eq. 1's identity on the upscaled coarse guess, tanh(u_k(Y_hat_(k-1))),
+    and learns only a correction to it, so the fine scales cannot scramble the coarse answer
+    while their deep stacks are still untrained."""
     rng = np.random.default_rng(seed)
     params, shapes = {}, parameter_shapes(config)
     for key, shape in shapes.items():
         w_shape = shape if key.endswith("weight") else shapes[key[:-4] + "weight"]
         bound = 1.0 / np.sqrt(np.prod(w_shape[1:]))
         params[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    if zero_last:
+        for j, k in enumerate(config["scales"]):
+            last = len(config["g_kernels"][j])
+            for part in ("weight", "bias"):
+                params[f"G/scale{k}/conv{last}/{part}"][...] = 0
     return params
 
 
@@ -302,9 +313,11 @@ def _batch_concat(ops, a, b):
     return ops.xp.concatenate([a, b], axis=0)
 
 
-def g_loss(ops, params, config, X, Y, preds):
+def g_loss(ops, params, config, X, Y, preds, use_adv=True):
     """G's loss: lam_adv sum_k L_bce(D_k(X_k, Y_hat_k), 1) + lam_lp sum_k L_p + lam_gdl sum_k L_gdl
-    (sections 2.2 and 3, Algorithm 1), D held fixed. -> (terms dict, {k: dL/dY_hat_k})."""
+    (sections 2.2 and 3, Algorithm 1), D held fixed. use_adv=False drops the adversarial term
+    (G's warm-up). -> (terms dict, {k: dL/dY_hat_k})."""
+    lam_adv = config["lam_adv"] if use_adv else 0.0
     terms = {"lp": 0.0, "gdl": 0.0, "adv": 0.0}
     dpreds = {}
     for k in config["scales"]:
@@ -316,16 +329,16 @@ def g_loss(ops, params, config, X, Y, preds):
             loss, d = ops.gdl_loss(preds[k], Y_k, config["alpha"])
             terms["gdl"] += float(loss)
             dpred = dpred + config["lam_gdl"] * d
-        if config["lam_adv"]:
+        if lam_adv:
             X_k = downscale(ops, X, k)
             logits, cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
             loss, dlogits = ops.bce_logits_loss(logits, 1.0)
             terms["adv"] += float(loss)
             _, d = discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad=True,
                                           need_param_grads=False)
-            dpred = dpred + config["lam_adv"] * d
+            dpred = dpred + lam_adv * d
         dpreds[k] = dpred
-    terms["total"] = config["lam_lp"] * terms["lp"] + config["lam_gdl"] * terms["gdl"] + config["lam_adv"] * terms["adv"]
+    terms["total"] = config["lam_lp"] * terms["lp"] + config["lam_gdl"] * terms["gdl"] + lam_adv * terms["adv"]
     return terms, dpreds
 
 
@@ -338,43 +351,81 @@ def lr_g_at(step, total_steps, start=LR_G_START, end=LR_G_END):
     return start * (end / start) ** (min(step, total_steps - 1) / (total_steps - 1))
 
 
-def sgd_update(params, grads, lr):
-    """Plain SGD, in place: W <- W - lr dL/dW."""
+def sgd_update(params, grads, lr, state=None):
+    """Plain SGD (Algorithm 1), in place: W <- W - lr dL/dW. state: unused (SGD keeps none)."""
     for key, g in grads.items():
         params[key] -= lr * g
 
 
-def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D):
+# Adam (Kingma & Ba 2015) is not the paper's optimiser; the common reimplementations use it and
+# our experiments (README "Training in minutes") show it learns the fine scales in minutes where
+# SGD at the paper's rates needs hours. Its moments are kept per network, G and D.
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def adam_init(params, net):
+    """Adam's state for the parameters of net ('G' or 'D'): step count and both moments at 0."""
+    keys = [key for key in params if key.startswith(net + "/")]
+    return {"t": 0, "m": {key: params[key] * 0 for key in keys}, "v": {key: params[key] * 0 for key in keys}}
+
+
+def adam_update(params, grads, lr, state, ops=None):
+    """One Adam step, in place, on every parameter in grads (ops.adam_update does each tensor:
+    m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; W <- W - lr m_hat / (sqrt(v_hat) + eps),
+    m_hat, v_hat the bias-corrected moments of step t)."""
+    state["t"] += 1
+    for key, g in grads.items():
+        ops.adam_update(params[key], g, state["m"][key], state["v"][key], lr, *ADAM_BETAS, ADAM_EPS, state["t"])
+
+
+def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True):
     """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches.
 
-    Update the discriminator (only when the adversarial loss is used): G fixed, one SGD step
-    on D's loss. Then update the generator: D fixed, one SGD step on G's combined loss.
-    Returns the loss terms and D's accuracy on real and generated samples, for logging.
+    Update the discriminator (only when the adversarial loss is used): G fixed, one step on
+    D's loss. Then update the generator: D fixed, one step on G's combined loss.
+    opt: None for plain SGD (the paper's), or {"G": adam state, "D": adam state} for Adam.
+    adversarial=False leaves D out (no D step, no adversarial term): the warm-up of G on its
+    l_p + GDL terms before D joins. Returns the loss terms and D's accuracies, for logging.
     """
     log = {}
-    if config["lam_adv"]:
+    use_adv = bool(config["lam_adv"]) and adversarial
+    if use_adv:
         X, Y = d_batch
         preds, _ = generator_forward(ops, params, config, X)
         log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = d_loss(ops, params, config, X, Y, preds)
-        sgd_update(params, grads, lr_d)
+        _update(ops, params, grads, lr_d, opt, "D")
     X, Y = g_batch
     preds, caches = generator_forward(ops, params, config, X)
-    terms, dpreds = g_loss(ops, params, config, X, Y, preds)
+    terms, dpreds = g_loss(ops, params, config, X, Y, preds, use_adv=use_adv)
     grads = generator_backward(ops, params, config, dpreds, caches)
-    sgd_update(params, grads, lr_g)
+    _update(ops, params, grads, lr_g, opt, "G")
     log.update({"g_" + name: value for name, value in terms.items()})
     return log
 
 
+def _update(ops, params, grads, lr, opt, net):
+    if opt is None:
+        sgd_update(params, grads, lr)
+    else:
+        adam_update(params, grads, lr, opt[net], ops)
+
+
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path, params, config, state=None):
-    """One .npz: every parameter as float32 under its key, "config" as JSON text, and the
-    training state for resuming under "state/..." (JSON text). Written to a temporary file in
-    the same folder, then renamed over `path`: a crash never leaves a half-written checkpoint."""
+def save_checkpoint(path, params, config, state=None, optimizer=None):
+    """One .npz: every parameter as float32 under its key, "config" as JSON text, the training
+    state for resuming under "state" (JSON text) and, for Adam, its moments under
+    "optimizer/{G,D}/{m,v}/<parameter key>" with the step count "optimizer/{G,D}/t". Written to a
+    temporary file in the same folder, then renamed over `path`: a crash never leaves a
+    half-written checkpoint."""
     arrays = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
     if state is not None:
         arrays["state"] = np.array(json.dumps(state, sort_keys=True))
+    for net, st in (optimizer or {}).items():
+        arrays[f"optimizer/{net}/t"] = np.array(st["t"], dtype=np.int64)
+        for moment in ("m", "v"):
+            for key, value in st[moment].items():
+                arrays[f"optimizer/{net}/{moment}/{key}"] = np.asarray(value, dtype=np.float32)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -385,8 +436,24 @@ def save_checkpoint(path, params, config, state=None):
     os.replace(tmp, path)
 
 
+def _optimizer_from_arrays(arrays):
+    """Pop the "optimizer/..." arrays of save_checkpoint -> {net: {"t", "m", "v"}} (or None)."""
+    optimizer = {}
+    for name in [key for key in arrays if key.startswith("optimizer/")]:
+        _, net, rest = name.split("/", 2)
+        st = optimizer.setdefault(net, {"t": 0, "m": {}, "v": {}})
+        value = arrays.pop(name)
+        if rest == "t":
+            st["t"] = int(value)
+        else:
+            moment, key = rest.split("/", 1)
+            st[moment][key] = value.astype(np.float32)
+    return optimizer or None
+
+
 def load_checkpoint(path, expect_config=None):
-    """-> (params as float32 NumPy arrays, config, state or None).
+    """-> (params as float32 NumPy arrays, config, state or None). When the checkpoint holds
+    Adam's moments, state["optimizer"] is {net: {"t", "m", "v"}} (see save_checkpoint).
 
     Refuses, with a CheckpointError saying what differs, a file that is missing or unreadable,
     whose parameters do not have the shapes its config implies, or whose config differs from
@@ -398,10 +465,13 @@ def load_checkpoint(path, expect_config=None):
             arrays = {key: z[key] for key in z.files}
         config = json.loads(str(arrays.pop("config")))
         state = json.loads(str(arrays.pop("state"))) if "state" in arrays else None
+        optimizer = _optimizer_from_arrays(arrays)
     except CheckpointError:
         raise
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+    if optimizer is not None and state is not None:
+        state["optimizer"] = optimizer
     if expect_config is not None:
         diffs = [f"{key}: checkpoint {config.get(key)!r}, expected {expect_config[key]!r}"
                  for key in ARCHITECTURE_KEYS if config.get(key) != expect_config.get(key)]

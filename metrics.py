@@ -407,6 +407,166 @@ def save_gif(path, frames, fps=4, min_size=96):
                    duration=int(round(1000.0 / fps)), loop=0)
 
 
+# Training curves (train_min.py's eval.jsonl): (key, legend label, colour, dashed) per panel.
+_BLUE, _ORANGE = (31, 119, 180), (255, 127, 14)
+_LOSS_CURVES = (("g_total", "G total", (0, 0, 0), False), ("g_lp", "G lp", _BLUE, False),
+                ("g_gdl", "G gdl", (44, 160, 44), False), ("g_adv", "G adv", (214, 39, 40), False),
+                ("d_loss", "D loss", (148, 103, 189), False))
+_ACC_CURVES = (("d_acc_real", "D acc. real", _BLUE, False), ("d_acc_fake", "D acc. fake", _ORANGE, False))
+_SCORE_CURVES = (("psnr", "PSNR model", _BLUE, False), ("psnr_last", "PSNR last input", _BLUE, True),
+                 ("sharp", "sharp. model", _ORANGE, False), ("sharp_last", "sharp. last input", _ORANGE, True))
+
+
+def _curve_font(size=14):
+    try:  # Pillow >= 10.1 scales its built-in font; older ones have one bitmap size
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _text(draw, xy, text, font, anchor="la", fill=(0, 0, 0)):
+    """draw.text with the anchor done here (Pillow's bitmap fallback font refuses anchor=)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = xy[0] - {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
+    y = xy[1] - {"a": top, "m": (top + bottom) / 2}[anchor[1]]
+    draw.text((x, y), text, fill=fill, font=font)
+
+
+def _finite(value):
+    """float(value), or None for a missing, non-numeric, NaN or infinite value."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _nice_ticks(lo, hi, count=5):
+    """Round tick values (1, 2, 5 x 10^k apart) inside [lo, hi]."""
+    raw = (hi - lo) / count
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    return [k * step for k in range(math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9) + 1)]
+
+
+def _log_ticks(lo, hi):
+    """Tick values for a log axis over [10^lo, 10^hi]: round linear values within a decade, else
+    1, 2, 5 x 10^k or coarser (at most 8)."""
+    if hi - lo < 1:
+        return [v for v in _nice_ticks(10.0 ** lo, 10.0 ** hi) if v > 0]
+    for ms in ((1,), (1, 3), (1, 2, 5)):
+        ticks = [m * 10.0 ** e for e in range(math.floor(lo), math.ceil(hi) + 1) for m in ms
+                 if lo - 1e-9 <= math.log10(m) + e <= hi + 1e-9]
+        if len(ticks) >= 4:
+            break
+    return ticks[::-(-len(ticks) // 8)]
+
+
+def _polyline(draw, pts, fill, dashed, width=2, on=7, off=5):
+    """A line through pts (pixels), solid or dashed (on / off px)."""
+    if not dashed:
+        return draw.line(pts, fill=fill, width=width)
+    pos = 0.0  # distance along the polyline, so the dash pattern runs on across segments
+    for (xa, ya), (xb, yb) in zip(pts, pts[1:]):
+        length, t = math.hypot(xb - xa, yb - ya), 0.0
+        while t < length:
+            phase = (pos + t) % (on + off)
+            run = min(length - t, (on if phase < on else on + off) - phase)
+            if phase < on:
+                a, b = t / length, (t + run) / length
+                draw.line([(xa + (xb - xa) * a, ya + (yb - ya) * a), (xa + (xb - xa) * b, ya + (yb - ya) * b)],
+                          fill=fill, width=width)
+            t += run
+        pos += length
+
+
+def _plot_panel(draw, box, series, title, font, xrange, yrange=None, log=False, note=None, legend_w=190):
+    """One panel in box (x0, y0, x1, y1): title, axes with numeric ticks, the lines, a legend on
+    the right. series: [(label, colour, dashed, [(step, value), ...])]; xrange: (first, last) step
+    shown; yrange fixes the y axis, else it fits the data; log: a log y axis if all values are > 0
+    and span > 2x. Returns the plot area (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    px0, py0, px1, py1 = x0 + 66, y0 + 28, x1 - legend_w, y1 - 46
+    ys = [y for *_, ps in series for _, y in ps] or [0.0, 1.0]
+    xlo, xhi = xrange
+    log = log and yrange is None and min(ys) > 0 and max(ys) > 2 * min(ys)
+    f = math.log10 if log else float
+    ylo, yhi = yrange or (f(min(ys)), f(max(ys)))
+    if yhi - ylo < 1e-12:
+        ylo, yhi = ylo - max(0.5, abs(ylo) * 0.1), yhi + max(0.5, abs(yhi) * 0.1)
+    if yrange is None:
+        ylo, yhi = ylo - 0.05 * (yhi - ylo), yhi + 0.05 * (yhi - ylo)
+
+    def to_px(x, y):
+        return (px0 + (x - xlo) / (xhi - xlo) * (px1 - px0), py1 - (f(y) - ylo) / (yhi - ylo) * (py1 - py0))
+
+    grey = (225, 225, 225)
+    _text(draw, (px0, y0 + 6), title, font)
+    for v in _nice_ticks(xlo, xhi):
+        x = to_px(v, 10.0 ** ylo if log else ylo)[0]
+        draw.line([(x, py0), (x, py1)], fill=grey)
+        _text(draw, (x, py1 + 6), f"{v:g}", font, "ma")
+    for v in _log_ticks(ylo, yhi) if log else _nice_ticks(ylo, yhi):
+        y = to_px(xlo, v)[1]
+        draw.line([(px0, y), (px1, y)], fill=grey)
+        _text(draw, (px0 - 6, y), f"{v:g}", font, "rm")
+    draw.rectangle([px0, py0, px1, py1], outline=(0, 0, 0))
+    _text(draw, ((px0 + px1) / 2, py1 + 26), "step" + (" (log y axis)" if log else ""), font, "ma")
+    for i, (label, colour, dashed, ps) in enumerate(series):
+        xy = [to_px(x, y) for x, y in sorted(ps)]
+        if len(xy) > 1:
+            _polyline(draw, xy, colour, dashed)
+        r = 3 if len(xy) == 1 or (len(xy) <= 40 and not dashed) else 0
+        for x, y in xy if r else []:
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        ly = py0 + 8 + 20 * i
+        _polyline(draw, [(px1 + 12, ly), (px1 + 40, ly)], colour, dashed)
+        _text(draw, (px1 + 46, ly), label, font, "lm")
+    if note:
+        _text(draw, ((px0 + px1) / 2, (py0 + py1) / 2), note, font, "mm", fill=(110, 110, 110))
+    return px0, py0, px1, py1
+
+
+def save_curves_png(path, records, title=None, size=(900, 900)):
+    """Write training curves from train_min.py's eval records (a list of dicts, one per
+    evaluation, each with "step") as one PNG, three panels stacked: the G loss terms and D
+    loss, D's accuracy on real and generated samples on [0, 1], and the held-out PSNR and
+    sharpness (dB) of the model (solid) and of the copy-last-input baseline (dashed). Missing
+    keys and None / NaN / inf values are skipped. Written to a temporary file in the same
+    folder, then renamed over ``path``. Returns the three plot areas (x0, y0, x1, y1) in px."""
+    def series(curves):
+        out = [(label, colour, dashed, [(s, v) for r in records
+                                        if (s := _finite(r.get("step"))) is not None
+                                        and (v := _finite(r.get(key))) is not None])
+               for key, label, colour, dashed in curves]
+        return [c for c in out if c[3]]
+
+    steps = [s for r in records if (s := _finite(r.get("step"))) is not None] or [1.0]
+    xlo = min(0.0, min(steps))  # the same x axis in every panel, with room for the last marker
+    xrange = (xlo, xlo + 1.03 * (max(steps) - xlo) if max(steps) > xlo else xlo + 1.0)
+    font = _curve_font()
+    canvas = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    top = 34 if title else 6
+    if title:
+        _text(draw, (size[0] / 2, 10), str(title), _curve_font(16), "ma")
+    h = (size[1] - top) / 3
+    panels = [(series(_LOSS_CURVES), "G loss terms (mean since last eval)", None, True, "no data"),
+              (series(_ACC_CURVES), "D accuracy", (0.0, 1.0), False, "no adversarial loss"),
+              (series(_SCORE_CURVES), "Held-out scores (dB)", None, False, "no data")]
+    boxes = []
+    for i, (ser, name, yrange, log, empty) in enumerate(panels):
+        note = "no evaluation yet" if not records else None if ser else empty
+        box = (0, round(top + i * h), size[0], round(top + (i + 1) * h))
+        boxes.append(_plot_panel(draw, box, ser, name, font, xrange, yrange, log, note))
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return boxes
+
+
 # ----------------------------------------------------------------------------- evaluation (Table 2, Figure 4)
 #
 # `python metrics.py evaluate`: paper section 4.2 / SPEC "Evaluation" for one or more checkpoints

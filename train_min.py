@@ -25,10 +25,20 @@ import framepred as fp
 import metrics
 from kernels import BackendError, load_backend
 
-# Reduced-width preset for a CPU: a visible result in about 10 minutes on 2 cores.
+# paper: Table 1's widths with the paper's optimiser and rates (section 4.1).
+# small: 1/8 of the widths for a CPU, a visible result in about 10 minutes on 2 cores. Its
+# optimiser, initialisation and warm-up are departures from the paper chosen by experiment on a
+# validation draw (README "Training in minutes"): with the paper's SGD the fine scales barely
+# move in a few thousand steps.
 PRESETS = {
-    "paper": dict(width=1.0, steps=50000),
-    "small": dict(width=1 / 8, steps=4000, steps_adv=1000),
+    "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0),
+    "small": dict(width=1 / 8, steps=4000, steps_adv=1000, optimizer="adam", init_last="zero", warmup=0),
+}
+# Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
+# over the run, and rho_D. SGD's are the paper's (section 4.1).
+LEARNING_RATES = {
+    "sgd": dict(lr_g=[fp.LR_G_START, fp.LR_G_END], lr_d=fp.LR_D),
+    "adam": dict(lr_g=[1e-3, 1e-4], lr_d=1e-4),
 }
 
 
@@ -57,9 +67,21 @@ def parse_args(argv=None):
     p.add_argument("--lam-lp", type=float, default=None, help="override lambda_lp")
     p.add_argument("--lam-gdl", type=float, default=None, help="override lambda_gdl")
     p.add_argument("--lam-adv", type=float, default=None, help="override lambda_adv")
-    p.add_argument("--lr-g", type=float, nargs=2, default=[fp.LR_G_START, fp.LR_G_END], metavar=("START", "END"),
-                   help="rho_G, lowered geometrically from START to END over the run")
-    p.add_argument("--lr-d", type=float, default=fp.LR_D, help="rho_D")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, small adam)")
+    p.add_argument("--lr-g", type=float, nargs=2, default=None, metavar=("START", "END"),
+                   help="rho_G, lowered geometrically from START to END over the run "
+                        "(default: sgd 0.04 0.005 as in the paper, adam 1e-3 1e-4)")
+    p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-4)")
+    p.add_argument("--init-last", choices=["torch", "zero"], default=None,
+                   help="torch: every layer Torch-initialised (the authors'); zero: each G'_k's last convolution "
+                        "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
+    p.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+                   help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
+                        "(default: by preset)")
+    p.add_argument("--val", action="store_true",
+                   help="score on the validation draw of the synthetic videos instead of the test clips "
+                        "(for choosing settings without looking at the test set)")
     p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
     p.add_argument("--eval-every", type=int, default=200, help="steps between held-out evaluations and sample grids")
     p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints")
@@ -86,6 +108,17 @@ def choose_preset(args, ops):
     return preset
 
 
+def resolve_training_flags(args, preset):
+    """Fill the optimiser, learning rates, initialisation and warm-up left to the preset."""
+    spec = PRESETS[preset]
+    args.optimizer = args.optimizer or spec["optimizer"]
+    rates = LEARNING_RATES[args.optimizer]
+    args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
+    args.lr_d = args.lr_d if args.lr_d is not None else rates["lr_d"]
+    args.init_last = args.init_last or spec["init_last"]
+    args.warmup = args.warmup if args.warmup is not None else spec["warmup"]
+
+
 def build_config(args, preset):
     width = args.width if args.width is not None else PRESETS[preset]["width"]
     return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, single_scale=args.single_scale,
@@ -109,7 +142,7 @@ def init_from_checkpoint(path, config, seed):
     if diffs:
         raise RunError(f"--init {path}: its G does not fit this run: " + "; ".join(diffs) +
                        " (use the same --m, --n, --width, --single-scale)")
-    params = fp.init_params(config, seed=seed)
+    params = fp.init_params(config, seed=seed, zero_last=False)
     same_d = all(old.get(k) == config[k] for k in ["patch", "d_maps", "d_kernels", "d_fc", "d_maxpool"])
     for key, value in loaded.items():
         if key.startswith("G/") or same_d:
@@ -153,10 +186,31 @@ def save_sample_grid(path, ops, params, config, X, Y, rows=4):
     metrics.save_grid_png(path, grid, col_labels=heads)
 
 
+def draw_curves(out, config):
+    """Redraw OUT/curves.png from every line of OUT/eval.jsonl: losses, D's accuracies, held-out scores."""
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    metrics.save_curves_png(os.path.join(out, "curves.png"), records, title=f"{out} (loss {config['loss']})")
+
+
 # ----------------------------------------------------------------------------- checkpoints of the run
-def save_run(out, ops, params, config, step, rng, args):
+def save_run(out, ops, params, config, step, rng, args, opt=None):
     state = {"step": step, "rng": rng.bit_generator.state, "args": vars(args)}
-    fp.save_checkpoint(os.path.join(out, "checkpoint.npz"), {k: ops.to_host(v) for k, v in params.items()}, config, state)
+    optimizer = None if opt is None else {
+        net: {"t": st["t"], "m": {k: ops.to_host(v) for k, v in st["m"].items()},
+              "v": {k: ops.to_host(v) for k, v in st["v"].items()}} for net, st in opt.items()}
+    fp.save_checkpoint(os.path.join(out, "checkpoint.npz"), {k: ops.to_host(v) for k, v in params.items()},
+                       config, state, optimizer)
+
+
+def make_optimizer(ops, params, args, saved=None):
+    """None for SGD; Adam's state per network, new or from a checkpoint's saved moments."""
+    if args.optimizer != "adam":
+        return None
+    if saved is None:
+        return {net: fp.adam_init(params, net) for net in ("G", "D")}
+    return {net: {"t": st["t"], "m": {k: ops.asarray(v) for k, v in st["m"].items()},
+                  "v": {k: ops.asarray(v) for k, v in st["v"].items()}} for net, st in saved.items()}
 
 
 def resume_run(args):
@@ -173,9 +227,14 @@ def resume_run(args):
         if getattr(args, flag) is not None:
             saved[flag] = getattr(args, flag)
     saved.update(resume=args.resume, out=args.resume, bench=0)
+    for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False)):
+        saved.setdefault(flag, old_default)          # runs saved before these flags existed
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
-    return argparse.Namespace(**saved), params, config, state["step"], rng
+    saved_args = argparse.Namespace(**saved)
+    if saved_args.optimizer == "adam" and "optimizer" not in state:
+        raise RunError(f"--resume {args.resume}: {path} was trained with Adam but holds no Adam state")
+    return saved_args, params, config, state["step"], rng, state.get("optimizer")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -184,13 +243,16 @@ def format_eta(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def progress_line(step, total, log, rate, config):
+def progress_line(step, total, log, rate, config, scores=None):
     terms = [f"lp {log['g_lp']:.4f}"]
     terms += [f"gdl {log['g_gdl']:.4f}"] if config["lam_gdl"] else []
     terms += [f"adv {log['g_adv']:.3f}"] if config["lam_adv"] else []
     parts = [f"step {step}/{total}", f"G {log['g_total']:.4f} ({' '.join(terms)})"]
     if "d_loss" in log:
         parts.append(f"D {log['d_loss']:.3f} acc real {log['d_acc_real']:.2f} fake {log['d_acc_fake']:.2f}")
+    if scores:
+        parts.append(f"held-out PSNR {scores['psnr'] - scores['psnr_last']:+.2f} dB, "
+                     f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying")
     parts.append(f"{rate:.2f} steps/s, ETA {format_eta((total - step) / max(rate, 1e-9))}")
     return " | ".join(parts)
 
@@ -200,8 +262,9 @@ def run(args):
         ops = load_backend(args.device)
     except BackendError as e:
         raise RunError(str(e)) from e
+    saved_opt = None
     if args.resume:
-        args, params, config, start, rng = resume_run(args)
+        args, params, config, start, rng, saved_opt = resume_run(args)
         preset = args.preset or ("paper" if ops.name == "gpu" else "small")
         print(f"resuming {args.out} at step {start}")
     else:
@@ -210,7 +273,9 @@ def run(args):
             config = build_config(args, preset)
         except ValueError as e:
             raise RunError(str(e)) from e
-        params = init_from_checkpoint(args.init, config, args.seed) if args.init else fp.init_params(config, args.seed)
+        resolve_training_flags(args, preset)
+        params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
+                  fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
         start, rng = 0, np.random.default_rng(args.seed)
         args.preset = preset
     total = args.steps if args.steps is not None else default_steps(preset, config)
@@ -221,14 +286,21 @@ def run(args):
         source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
         test_source = source if args.data else data.open_source(None, seed=args.seed)
         source.sample(1, m, n, config["patch"], np.random.default_rng(0))   # fails now, not mid-run
-        clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1)
+        if args.val and args.data:
+            raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
+        split = dict(split="val") if args.val else {}
+        clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
     except data.DataError as e:
         raise RunError(str(e)) from e
     if getattr(source, "skipped", None):
         print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
     params = {k: ops.asarray(v) for k, v in params.items()}
+    opt = make_optimizer(ops, params, args, saved_opt)
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
           f" params (width {config['width']:g}), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
+    warm = f", G alone for the first {args.warmup} steps" if config["lam_adv"] and args.warmup else ""
+    print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
+          + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")
 
     def next_batch():
         X, Y = source.sample(batch, m, n, config["patch"], rng)
@@ -240,8 +312,9 @@ def run(args):
 
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
     if start == 0:
-        save_run(args.out, ops, params, config, 0, rng, args)
+        save_run(args.out, ops, params, config, 0, rng, args, opt)
     step, last_saved, t0 = start, start, time.time()
+    sums, count, scores = {}, 0, None      # loss terms summed since the last evaluation
     stop = {"now": False}
 
     def request_stop(signum, frame):
@@ -256,8 +329,8 @@ def run(args):
         while step < total and not stop["now"]:
             d_batch = next_batch()
             g_batch = next_batch()
-            log = fp.train_step(ops, params, config, d_batch, g_batch,
-                                lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d)
+            log = fp.train_step(ops, params, config, d_batch, g_batch, lr_g=fp.lr_g_at(step, total, *args.lr_g),
+                                lr_d=args.lr_d, opt=opt, adversarial=step >= args.warmup)
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "
@@ -265,18 +338,24 @@ def run(args):
                       f"Try a lower --lr-g.", file=sys.stderr)
                 return 3
             step += 1
+            for key, value in log.items():
+                sums[key] = sums.get(key, 0.0) + value
+            count += 1
             if step % args.log_every == 0 or step == total:
-                print(progress_line(step, total, log, (step - start) / (time.time() - t0), config), flush=True)
+                print(progress_line(step, total, log, (step - start) / (time.time() - t0), config, scores), flush=True)
             if step % args.eval_every == 0 or step == total:
                 X, Y = (ops.to_host(a) for a in d_batch)
                 save_sample_grid(os.path.join(args.out, "samples", f"step_{step:06d}.png"), ops, params, config, X, Y)
                 scores = evaluate(ops, params, config, clips)
+                means = {key: value / count for key, value in sums.items()}
+                sums, count = {}, 0
                 with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step, **scores, **log}) + "\n")
+                    f.write(json.dumps({"step": step, **scores, **means}) + "\n")
+                draw_curves(args.out, config)
                 print(f"eval step {step}: PSNR {scores['psnr']:.2f} dB (last input {scores['psnr_last']:.2f}), "
                       f"sharpness {scores['sharp']:.2f} dB (last input {scores['sharp_last']:.2f})", flush=True)
             if step % args.ckpt_every == 0 or step == total:
-                save_run(args.out, ops, params, config, step, rng, args)
+                save_run(args.out, ops, params, config, step, rng, args, opt)
                 last_saved = step
     except KeyboardInterrupt:
         print(f"\naborted during step {step + 1}; {args.out}/checkpoint.npz holds step {last_saved}", file=sys.stderr)
@@ -285,7 +364,7 @@ def run(args):
         signal.signal(signal.SIGINT, previous_handlers[0])
         signal.signal(signal.SIGTERM, previous_handlers[1])
     if stop["now"]:
-        save_run(args.out, ops, params, config, step, rng, args)
+        save_run(args.out, ops, params, config, step, rng, args, opt)
         print(f"\ninterrupted at step {step}: saved {args.out}/checkpoint.npz; "
               f"`python train_min.py --resume {args.out}` continues", file=sys.stderr)
         return 130

@@ -411,6 +411,20 @@ class CudaOps:
         self._run("bce_logits_terms", z.size, z, t, t_step, term, grad, z.size)
         return term.mean(), grad
 
+    # ------------------------------------------------------------------ optimiser
+    def adam_update(self, w, g, m, v, lr, beta1, beta2, eps, t):
+        """One Adam step on one tensor, in place on w, m and v (numpy_ops.adam_update): one launch."""
+        if not (w.shape == g.shape == m.shape == v.shape):
+            raise ValueError(f"adam_update: shapes differ: w {w.shape}, g {g.shape}, m {m.shape}, v {v.shape}")
+        if t < 1:
+            raise ValueError(f"adam_update: the step number t counts from 1, got {t}")
+        for a, what in ((w, "w"), (m, "m"), (v, "v")):
+            if not a.flags.c_contiguous or a.dtype != np.float32:
+                raise TypeError(f"gpu backend, adam_update {what}: updated in place, must be C-contiguous float32")
+        g = self._f32(g, "adam_update g")
+        self._run("adam_update", w.size, w, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
+                  1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t), w.size)
+
     # ------------------------------------------------------------------ backend plumbing
     def asarray(self, a, dtype=None):
         """Host array -> this backend's (device) array."""

@@ -63,3 +63,21 @@ extern "C" __global__ void sigmoid_backward(const float* __restrict__ dout, cons
         dx[e] = dout[e] * out[e] * (1.0f - out[e]);
     }
 }
+
+// One Adam step (numpy_ops.adam_update), in place on w, m, v; one thread per element.
+// c1 = 1 / (1 - beta1^t), c2 = 1 / (1 - beta2^t): the bias corrections, computed on the host.
+// The arithmetic is in float like the NumPy reference on float32 arrays.
+extern "C" __global__ void adam_update(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ m,
+                                       float* __restrict__ v, double lr, double beta1, double beta2, double eps,
+                                       double c1, double c2, long long n)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)blockDim.x * gridDim.x) {
+        const float ge = g[e];
+        const float me = (float)beta1 * m[e] + (float)(1.0 - beta1) * ge;
+        const float ve = (float)beta2 * v[e] + (float)(1.0 - beta2) * ge * ge;
+        m[e] = me;
+        v[e] = ve;
+        w[e] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
+    }
+}

@@ -472,6 +472,27 @@ def bce_logits_loss(logits, target):
     return loss, (prob - t) / logits.size
 
 
+# --------------------------------------------------------------------------- optimiser
+def adam_update(w, g, m, v, lr, beta1, beta2, eps, t):
+    """One Adam step (Kingma & Ba 2015, Algorithm 1) on one tensor, in place on w, m and v.
+    w, g, m, v: arrays of one shape; t: the step number, from 1.
+        m <- beta1 m + (1 - beta1) g
+        v <- beta2 v + (1 - beta2) g^2
+        w <- w - lr (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
+    """
+    if not (w.shape == g.shape == m.shape == v.shape):
+        raise ValueError(f"adam_update: shapes differ: w {w.shape}, g {g.shape}, m {m.shape}, v {v.shape}")
+    if t < 1:
+        raise ValueError(f"adam_update: the step number t counts from 1, got {t}")
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    w -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(w.dtype)
+
+
 # --------------------------------------------------------------------------- backend plumbing
 def asarray(a, dtype=None):
     """Host array -> this backend's array."""

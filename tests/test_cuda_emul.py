@@ -263,6 +263,24 @@ def test_cuda_bce_logits_loss(make_ops, target, data, n, scale):
 
 
 # --------------------------------------------------------------------------- errors, plumbing
+# --------------------------------------------------------------------------- optimiser
+@given(data=st.data(), shape=st.tuples(channels, side, side), steps=st.integers(1, 3))
+def test_cuda_adam_update(make_ops, data, shape, steps):
+    """A few Adam steps in place on w, m, v: float32 formulas per element (the bias corrections
+    come from the host), so ELEMENTWISE on m and v; w's change is ~lr, so w's atol is relative to lr."""
+    c = Case(make_ops, data)
+    w, m, v = c.values(shape), np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    dw, dm, dv = c.dev(w.copy()), c.dev(m.copy()), c.dev(v.copy())
+    lr = 1e-3
+    for t in range(1, steps + 1):
+        g = c.values(shape)
+        ref.adam_update(w, g, m, v, lr, 0.9, 0.999, 1e-8, t)
+        c.ops.adam_update(dw, c.dev(g), dm, dv, lr, 0.9, 0.999, 1e-8, t)
+    c.check(dm, m, "adam m", **ELEMENTWISE)
+    c.check(dv, v, "adam v", **ELEMENTWISE)
+    c.check(dw, w, "adam w", atol=1e-5 * lr * steps, rtol=2e-7)
+
+
 def test_cuda_refuses_float64_with_a_clear_error(make_ops):
     ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
     x = ops.asarray(np.zeros((1, 2, 4, 4)))                 # float64
@@ -340,6 +358,7 @@ def every_op_once(ops, rng):
     ops.lp_loss(x, a(2, 3, 6, 6), 1)
     ops.gdl_loss(x, a(2, 3, 6, 6), 1)
     ops.bce_logits_loss(a(5, 1), 1.0)
+    ops.adam_update(a(2, 3, 6, 6), a(2, 3, 6, 6), a(2, 3, 6, 6), ops.xp.abs(a(2, 3, 6, 6)), 1e-3, 0.9, 0.999, 1e-8, 1)
 
 
 def test_emul_every_kernel_is_launched_and_covered():

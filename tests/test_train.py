@@ -32,6 +32,7 @@ def test_train_every_preset_synthetic(tmp_path, capsys, loss):
     params, config, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert state["step"] == 2 and config["loss"] == loss
     assert os.path.isfile(os.path.join(out, "samples", "step_000002.png"))
+    assert os.path.isfile(os.path.join(out, "curves.png"))
     with open(os.path.join(out, "eval.jsonl")) as f:
         assert '"psnr_last"' in f.readline()
 
@@ -68,8 +69,12 @@ def interrupt_after(monkeypatch, calls):
     monkeypatch.setattr(fp, "train_step", step)
 
 
-def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
-    args = ["--loss", "adv_gdl", "--steps", "6", "--eval-every", "100", "--ckpt-every", "100"]
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, optimizer):
+    """Stopped at step 3 (after the 2-step warm-up of G alone) and resumed: the same weights and
+    Adam moments as a run never stopped."""
+    args = ["--loss", "adv_gdl", "--steps", "6", "--eval-every", "100", "--ckpt-every", "100",
+            "--optimizer", optimizer, "--warmup", "2"]
     code, straight = run_cli(tmp_path, *args, name="straight")
     assert code == 0
     interrupt_after(monkeypatch, 3)
@@ -84,6 +89,14 @@ def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
     assert state_a["step"] == state_b["step"] == 6
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert ("optimizer" in state_a) == (optimizer == "adam")
+    if optimizer == "adam":
+        opt_a, opt_b = state_a["optimizer"], state_b["optimizer"]
+        assert opt_a["G"]["t"] == opt_b["G"]["t"] == 6 and opt_a["D"]["t"] == opt_b["D"]["t"] == 4
+        for net in ("G", "D"):
+            for moment in ("m", "v"):
+                for key, value in opt_a[net][moment].items():
+                    np.testing.assert_array_equal(value, opt_b[net][moment][key], err_msg=f"{net} {moment} {key}")
 
 
 def test_train_sigint_in_subprocess_leaves_loadable_checkpoint(tmp_path):
