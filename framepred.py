@@ -54,10 +54,11 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- configuration
-def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl", **loss_overrides):
+def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl", d_width=None, **loss_overrides):
     """Everything that fixes the shapes and the objective, as plain JSON-able data.
 
     width multiplies every feature-map count (1.0 = the paper's); kernels never change.
+    d_width: D's multiplier when it differs from G's (default: width).
     loss_overrides: any of p, alpha, lam_lp, lam_gdl, lam_adv, replacing the preset's value.
     """
     if loss not in LOSS_PRESETS:
@@ -69,15 +70,17 @@ def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl
     if unknown:
         raise ValueError(f"unknown loss settings: {sorted(unknown)}")
 
-    def scaled(maps):
-        return [max(1, int(round(c * width))) for c in maps]
+    d_width = width if d_width is None else d_width
+
+    def scaled(maps, w=width):
+        return [max(1, int(round(c * w))) for c in maps]
 
     scales = [4] if single_scale else [1, 2, 3, 4]
     config = dict(
-        m=m, n=n, patch=patch, width=width, scales=scales, loss=loss, **losses,
+        m=m, n=n, patch=patch, width=width, d_width=d_width, scales=scales, loss=loss, **losses,
         g_maps=[scaled(G_TABLE[k - 1][0]) for k in scales], g_kernels=[G_TABLE[k - 1][1] for k in scales],
-        d_maps=[scaled(D_TABLE[k - 1][0]) for k in scales], d_kernels=[D_TABLE[k - 1][1] for k in scales],
-        d_fc=[scaled(D_TABLE[k - 1][2]) for k in scales], d_maxpool=[D_MAXPOOL[k - 1] for k in scales],
+        d_maps=[scaled(D_TABLE[k - 1][0], d_width) for k in scales], d_kernels=[D_TABLE[k - 1][1] for k in scales],
+        d_fc=[scaled(D_TABLE[k - 1][2], d_width) for k in scales], d_maxpool=[D_MAXPOOL[k - 1] for k in scales],
     )
     d_flat_sizes(config)  # refuse a patch too small for D's unpadded convolutions now
     return config

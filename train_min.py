@@ -61,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--n", type=int, default=1, help="predicted frames")
     p.add_argument("--single-scale", action="store_true", help="scale 4 alone, no coarse input")
     p.add_argument("--width", type=float, default=None, help="feature-map multiplier (overrides the preset's)")
+    p.add_argument("--d-width", type=float, default=None,
+                   help="D's feature-map multiplier when it differs from G's (default: by preset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--p", type=int, choices=[1, 2], default=None, help="override the preset's l_p exponent")
     p.add_argument("--alpha", type=int, choices=[1, 2], default=None, help="override the GDL exponent")
@@ -121,7 +123,9 @@ def resolve_training_flags(args, preset):
 
 def build_config(args, preset):
     width = args.width if args.width is not None else PRESETS[preset]["width"]
-    return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, single_scale=args.single_scale,
+    d_width = args.d_width if args.d_width is not None else (PRESETS[preset].get("d_width") if args.width is None else None)
+    return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, d_width=d_width,
+                          single_scale=args.single_scale,
                           loss=args.loss, p=args.p, alpha=args.alpha, lam_lp=args.lam_lp,
                           lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
 
@@ -297,7 +301,8 @@ def run(args):
     params = {k: ops.asarray(v) for k, v in params.items()}
     opt = make_optimizer(ops, params, args, saved_opt)
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
-          f" params (width {config['width']:g}), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
+          f" params (width {config['width']:g}" + (f", D {config['d_width']:g}" if config.get("d_width", config["width"]) != config["width"] else "")
+          + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
     warm = f", G alone for the first {args.warmup} steps" if config["lam_adv"] and args.warmup else ""
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
           + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")

@@ -166,3 +166,12 @@ def test_synthetic_validation_draw_differs_from_test():
     np.testing.assert_array_equal(val, source.test_clips(3, 5, split="val"))      # fixed
     with pytest.raises(data.DataError, match="split"):
         source.test_clips(1, 5, split="train")
+
+
+def test_d_width_scales_only_the_discriminator():
+    config = fp.make_config(width=1 / 8, d_width=1 / 4, loss="adv_gdl")
+    same = fp.make_config(width=1 / 8, loss="adv_gdl")
+    assert config["g_maps"] == same["g_maps"] and same["d_width"] == 1 / 8
+    assert config["d_maps"][3] == [32, 64, 128, 32] and config["d_fc"][3] == [256, 128]
+    assert fp.count_parameters(config, "G") == fp.count_parameters(same, "G")
+    assert fp.count_parameters(config, "D") > 3 * fp.count_parameters(same, "D")
