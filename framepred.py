@@ -142,11 +142,10 @@ def init_params(config, seed=0, dtype=np.float32, zero_last=False):
     rho_G = 0.04 and no normalisation layers it keeps the pre-activations of the deep stacks
     small; He-style initialisation made the first steps diverge at that learning rate.
 
-    zero_last: start the last convolution of every G'_k at zero (a departure from the authors'
-    code, chosen by experiment for short runs, see README "Training in minutes"): each scale
-    k > 1 then starts as eq. 1's identity on the upscaled coarse guess, tanh(u_k(Y_hat_(k-1))),
-    and learns only a correction to it, so the fine scales cannot scramble the coarse answer
-    while their deep stacks are still untrained."""
+    zero_last: start the last convolution of every G'_k at zero (`--init-last zero`; not the
+    authors'): each scale k > 1 then starts as eq. 1's identity on the upscaled coarse guess,
+    tanh(u_k(Y_hat_(k-1))), and learns only a correction to it. Measured, it did not help with
+    Adam (README "Training in minutes"), so no preset uses it."""
     rng = np.random.default_rng(seed)
     params, shapes = {}, parameter_shapes(config)
     for key, shape in shapes.items():
@@ -382,7 +381,8 @@ def adam_update(params, grads, lr, state, ops=None):
 
 
 def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True):
-    """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches.
+    """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches (d_batch
+    is not used, and may be None, when D does not train).
 
     Update the discriminator (only when the adversarial loss is used): G fixed, one step on
     D's loss. Then update the generator: D fixed, one step on G's combined loss.

@@ -27,12 +27,12 @@ from kernels import BackendError, load_backend
 
 # paper: Table 1's widths with the paper's optimiser and rates (section 4.1).
 # small: 1/8 of the widths for a CPU, a visible result in about 10 minutes on 2 cores. Its
-# optimiser, initialisation and warm-up are departures from the paper chosen by experiment on a
-# validation draw (README "Training in minutes"): with the paper's SGD the fine scales barely
+# optimiser (Adam), step counts and warm-up are departures from the paper chosen by experiment on
+# a validation draw (README "Training in minutes"): with the paper's SGD the fine scales barely
 # move in a few thousand steps.
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0),
-    "small": dict(width=1 / 8, steps=4000, steps_adv=1000, optimizer="adam", init_last="zero", warmup=0),
+    "small": dict(width=1 / 8, steps=4000, steps_adv=1000, optimizer="adam", init_last="torch", warmup=0),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
 # over the run, and rho_D. SGD's are the paper's (section 4.1).
@@ -332,10 +332,11 @@ def run(args):
     previous_handlers = signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop)
     try:
         while step < total and not stop["now"]:
-            d_batch = next_batch()
+            adversarial = bool(config["lam_adv"]) and step >= args.warmup
+            d_batch = next_batch() if adversarial else None         # D's minibatch, only when D trains
             g_batch = next_batch()
             log = fp.train_step(ops, params, config, d_batch, g_batch, lr_g=fp.lr_g_at(step, total, *args.lr_g),
-                                lr_d=args.lr_d, opt=opt, adversarial=step >= args.warmup)
+                                lr_d=args.lr_d, opt=opt, adversarial=adversarial)
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "
@@ -349,7 +350,7 @@ def run(args):
             if step % args.log_every == 0 or step == total:
                 print(progress_line(step, total, log, (step - start) / (time.time() - t0), config, scores), flush=True)
             if step % args.eval_every == 0 or step == total:
-                X, Y = (ops.to_host(a) for a in d_batch)
+                X, Y = (ops.to_host(a) for a in g_batch)
                 save_sample_grid(os.path.join(args.out, "samples", f"step_{step:06d}.png"), ops, params, config, X, Y)
                 scores = evaluate(ops, params, config, clips)
                 means = {key: value / count for key, value in sums.items()}

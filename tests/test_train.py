@@ -135,6 +135,7 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
     (["--resume", "/no/such/run"], "checkpoint not found"),
     (["--init", "/no/such.npz"], "checkpoint not found"),
     (["--device", "gpu"], "--device gpu"),
+    (["--val", "--data", "."], "--val is for the synthetic videos"),
 ])
 def test_train_bad_input_message(tmp_path, capsys, extra, message):
     code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", *extra)
@@ -164,3 +165,27 @@ def test_train_init_new_patch_gets_new_discriminator(tmp_path, capsys):
     code, _ = run_cli(tmp_path, "--loss", "adv", "--steps", "1", "--m", "2",
                       "--init", os.path.join(first, "checkpoint.npz"), name="wrong")
     assert code == 2 and "does not fit this run" in capsys.readouterr().err
+
+
+def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
+    """After the first evaluation the progress line says how the held-out scores compare with
+    copying the last input; eval.jsonl holds the loss terms averaged since the last evaluation."""
+    real_step, lp = fp.train_step, iter([1.0, 2.0, 3.0, 5.0])
+
+    def step(*args, **kwargs):
+        log = real_step(*args, **kwargs)
+        log["g_lp"] = next(lp)
+        return log
+    monkeypatch.setattr(fp, "train_step", step)
+    code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--steps", "4", "--eval-every", "2", "--val")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "optimizer adam: rho_G 0.001 -> 0.0001" in text
+    lines = [ln for ln in text.splitlines() if ln.startswith("step 3/4")]
+    assert lines and "vs copying" in lines[0] and "held-out PSNR" in lines[0]
+    import json
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records] == [2, 4]
+    assert [r["g_lp"] for r in records] == [1.5, 4.0]
+    assert all(np.isfinite(r["psnr"]) and np.isfinite(r["psnr_last"]) for r in records)
