@@ -23,7 +23,7 @@ def run_cli(tmp_path, *extra, name="run"):
 
 @pytest.mark.parametrize("loss", sorted(fp.LOSS_PRESETS))
 def test_train_every_preset_synthetic(tmp_path, capsys, loss):
-    code, out = run_cli(tmp_path, "--loss", loss, "--steps", "2", "--eval-every", "2")
+    code, out = run_cli(tmp_path, "--loss", loss, "--steps", "2", "--eval-every", "2", "--warmup", "0")
     text = capsys.readouterr().out
     assert code == 0, text
     assert "step 2/2 | G " in text and "steps/s, ETA" in text
@@ -180,7 +180,7 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
     code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--steps", "4", "--eval-every", "2", "--val")
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "optimizer adam: rho_G 0.001 -> 0.0001" in text
+    assert "optimizer adam: rho_G 0.0005 -> 5e-05" in text
     lines = [ln for ln in text.splitlines() if ln.startswith("step 3/4")]
     assert lines and "vs copying" in lines[0] and "held-out PSNR" in lines[0]
     import json
@@ -189,3 +189,17 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
     assert [r["step"] for r in records] == [2, 4]
     assert [r["g_lp"] for r in records] == [1.5, 4.0]
     assert all(np.isfinite(r["psnr"]) and np.isfinite(r["psnr_last"]) for r in records)
+
+
+def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, capsys):
+    """The small preset trains G alone for the first 80% of an adversarial run, then D joins."""
+    code, out = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "10", "--eval-every", "100")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "G alone for the first 8 steps" in text
+    lines = {int(ln.split()[1].split("/")[0]): ln for ln in text.splitlines() if ln.startswith("step ")}
+    assert "acc real" not in lines[8] and "acc real" in lines[9] and "acc real" in lines[10]
+    _, _, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["optimizer"]["D"]["t"] == 2 and state["optimizer"]["G"]["t"] == 10
+    code, _ = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "2", "--warmup", "5", name="never")
+    assert code == 0 and "D never trains" in capsys.readouterr().out
