@@ -380,19 +380,21 @@ def adam_update(params, grads, lr, state, ops=None):
         ops.adam_update(params[key], g, state["m"][key], state["v"][key], lr, *ADAM_BETAS, ADAM_EPS, state["t"])
 
 
-def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True):
+def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None):
     """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches (d_batch
     is not used, and may be None, when D does not train).
 
     Update the discriminator (only when the adversarial loss is used): G fixed, one step on
     D's loss. Then update the generator: D fixed, one step on G's combined loss.
     opt: None for plain SGD (the paper's), or {"G": adam state, "D": adam state} for Adam.
-    adversarial=False leaves D out (no D step, no adversarial term): the warm-up of G on its
-    l_p + GDL terms before D joins. Returns the loss terms and D's accuracies, for logging.
+    adversarial=False drops the adversarial term from G's loss: the warm-up of G on its
+    l_p + GDL terms. train_d: whether D takes its step (default: adversarial); D may learn
+    during G's warm-up so that it can already tell G's predictions from the truth when its term
+    joins G's loss. Returns the loss terms and D's accuracies, for logging.
     """
     log = {}
     use_adv = bool(config["lam_adv"]) and adversarial
-    if use_adv:
+    if bool(config["lam_adv"]) and (adversarial if train_d is None else train_d):
         X, Y = d_batch
         preds, _ = generator_forward(ops, params, config, X)
         log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = d_loss(ops, params, config, X, Y, preds)

@@ -837,18 +837,22 @@ def write_figures(out, rows, clips, masks, count):
     return written
 
 
-def load_test_set(data, split_list, every_nth, count, length, size):
-    """(clips (N, length, 3, H, W) float32, a description). DataError on a bad path or set."""
+def load_test_set(data, split_list, every_nth, count, length, size, val=False):
+    """(clips (N, length, 3, H, W) float32, a description). DataError on a bad path or set.
+    val: the synthetic videos' validation draw instead of their test clips (for choosing settings)."""
     import warnings
-    from data import DataWarning, open_source
+    from data import DataError, DataWarning, open_source
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
-        clips = source.test_clips(count, length, size)
+        if val and data is not None:
+            raise DataError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
+        clips = source.test_clips(count, length, size, **({"split": "val"} if val else {}))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if data is None:
-        what = "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)"
+        what = ("synthetic validation clips (data.SyntheticVideos.test_clips(split='val'), seed 0)" if val
+                else "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)")
     else:
         what = (f"video folder {data}, test subset" + (f" of split list {split_list}" if split_list else "")
                 + f", every {every_nth}th video" * (every_nth > 1))
@@ -871,7 +875,7 @@ def evaluate(args):
             progress(f"model {md['name']}: {md['path']} (m={md['config']['m']}, n={md['config']['n']})")
         length = max([md["config"]["m"] for md in models] + [2]) + 2
         clips, described = load_test_set(args.data, args.split_list, args.every_nth, args.clips, length,
-                                         args.size)
+                                         args.size, val=args.val)
         h, w = clips.shape[-2:]
         if h % 8 or w % 8 or min(h, w) < 16:
             raise EvaluationError(f"test frames of {h}x{w}: need sides that are multiples of 8 and at least 16; "
@@ -950,6 +954,8 @@ def build_parser():
     p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset); default: the "
                    "synthetic held-out clips")
     p.add_argument("--split-list", metavar="F", help="UCF101-style test list for --data (e.g. testlist01.txt)")
+    p.add_argument("--val", action="store_true", help="score on the synthetic videos' validation draw instead "
+                   "of their test clips (for choosing settings without looking at the test set)")
     p.add_argument("--every-nth", type=_positive_int, default=10, metavar="N",
                    help="with --data: every Nth test video, 1st, (N+1)th, ... (paper: 10; default %(default)s)")
     p.add_argument("--clips", type=_positive_int, default=32, help="number of test clips (default %(default)s)")

@@ -84,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, metavar="STEPS",
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
                         "(default: by preset: paper 0, small 80%% of the steps)")
+    p.add_argument("--d-in-warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="D trains during G's warm-up too (its term joins G's loss after the warm-up), so it is "
+                        "already a useful critic when it joins (default: by preset)")
     p.add_argument("--val", action="store_true",
                    help="score on the validation draw of the synthetic videos instead of the test clips "
                         "(for choosing settings without looking at the test set)")
@@ -121,6 +124,8 @@ def resolve_training_flags(args, preset):
     args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
     args.lr_d = args.lr_d if args.lr_d is not None else rates["lr_d"]
     args.init_last = args.init_last or spec["init_last"]
+    if args.d_in_warmup is None:
+        args.d_in_warmup = spec.get("d_in_warmup", False)
 
 
 def resolve_warmup(args, config, total):
@@ -241,7 +246,8 @@ def resume_run(args):
         if getattr(args, flag) is not None:
             saved[flag] = getattr(args, flag)
     saved.update(resume=args.resume, out=args.resume, bench=0)
-    for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False)):
+    for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
+                              ("d_in_warmup", False)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
@@ -314,7 +320,8 @@ def run(args):
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
           f" params (width {config['width']:g}" + (f", D {config['d_width']:g}" if config.get("d_width", config["width"]) != config["width"] else "")
           + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
-    warm = f", G alone for the first {args.warmup} steps" if config["lam_adv"] and args.warmup else ""
+    warm = (f", G alone for the first {args.warmup} steps" + (" (D already training)" if args.d_in_warmup else "")
+            if config["lam_adv"] and args.warmup else "")
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
           + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")
 
@@ -344,10 +351,11 @@ def run(args):
     try:
         while step < total and not stop["now"]:
             adversarial = bool(config["lam_adv"]) and step >= args.warmup
-            d_batch = next_batch() if adversarial else None         # D's minibatch, only when D trains
+            train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
+            d_batch = next_batch() if train_d else None         # D's minibatch, only when D trains
             g_batch = next_batch()
             log = fp.train_step(ops, params, config, d_batch, g_batch, lr_g=fp.lr_g_at(step, total, *args.lr_g),
-                                lr_d=args.lr_d, opt=opt, adversarial=adversarial)
+                                lr_d=args.lr_d, opt=opt, adversarial=adversarial, train_d=train_d)
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "

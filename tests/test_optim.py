@@ -133,6 +133,22 @@ def test_warmup_step_leaves_d_alone():
     assert not np.array_equal(params["D/scale1/fc1/weight"], before["D/scale1/fc1/weight"])
 
 
+
+def test_d_can_train_during_g_warmup():
+    """adversarial=False, train_d=True: D takes its step, but G's loss has no adversarial term, so
+    G's step equals the one of a run without D at all."""
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    rng = np.random.default_rng(3)
+    batch = (rng.uniform(-1, 1, (2, 6, 32, 32)).astype(np.float32), rng.uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32))
+    with_d, without_d = fp.init_params(config, seed=4), fp.init_params(config, seed=4)
+    log = fp.train_step(ops, with_d, config, batch, batch, lr_g=0.04, adversarial=False, train_d=True)
+    fp.train_step(ops, without_d, config, None, batch, lr_g=0.04, adversarial=False)
+    assert "d_loss" in log and log["g_adv"] == 0.0
+    assert log["g_total"] == pytest.approx(log["g_lp"] + log["g_gdl"])
+    for key in with_d:
+        same = np.array_equal(with_d[key], without_d[key])
+        assert same == key.startswith("G/"), key       # G's step unchanged, every D tensor moved
+
 def test_checkpoint_keeps_adam_state_exactly(tmp_path):
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
     params = fp.init_params(config, seed=0)

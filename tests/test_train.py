@@ -203,3 +203,16 @@ def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, cap
     assert state["optimizer"]["D"]["t"] == 2 and state["optimizer"]["G"]["t"] == 10
     code, _ = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "2", "--warmup", "5", name="never")
     assert code == 0 and "D never trains" in capsys.readouterr().out
+
+
+def test_train_d_in_warmup_trains_d_from_the_first_step(tmp_path, capsys):
+    """--d-in-warmup: D steps (and is logged) from step 1; G's adversarial term waits for the warm-up."""
+    code, out = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "10", "--warmup", "8", "--d-in-warmup",
+                        "--eval-every", "100")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "G alone for the first 8 steps (D already training)" in text
+    lines = {int(ln.split()[1].split("/")[0]): ln for ln in text.splitlines() if ln.startswith("step ")}
+    assert "acc real" in lines[1] and "adv 0.000" in lines[8] and "adv 0.000" not in lines[10]
+    _, _, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["optimizer"]["D"]["t"] == 10 and state["optimizer"]["G"]["t"] == 10
