@@ -842,11 +842,11 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
     val: the synthetic videos' validation draw instead of their test clips (for choosing settings)."""
     import warnings
     from data import DataError, DataWarning, open_source
+    if val and data is not None:
+        raise DataError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
-        if val and data is not None:
-            raise DataError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
         clips = source.test_clips(count, length, size, **({"split": "val"} if val else {}))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)

@@ -126,6 +126,25 @@ def test_evaluate_synthetic_end_to_end(ckpts, tmp_path, capsys):
     assert "4 clips of 6 frames at 32x32" in captured.err
 
 
+
+def test_evaluate_val_scores_the_validation_draw(ckpts, tmp_path, capsys):
+    """--val: the synthetic validation clips, not the test clips (other baseline scores), and it
+    says so; with --data it is refused with a message."""
+    tables = {}
+    for flag in ([], ["--val"]):
+        out = str(tmp_path / f"eval{len(flag)}")
+        rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--clips", "3", "--size", "32", "32",
+                           "--device", "cpu", "--out", out, "--figures", "0", *flag])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        assert ("validation clips" in captured.err) == bool(flag)
+        tables[bool(flag)] = [ln for ln in captured.out.splitlines() if ln.startswith("Last input")][0]
+    assert tables[True] != tables[False]
+    rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--val", "--data", str(tmp_path), "--device", "cpu",
+                       "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--val is for the synthetic videos" in err and "Traceback" not in err
+
 def test_evaluate_video_folder_end_to_end(ckpts, video_folder, tmp_path, capsys):
     root, split = video_folder
     out = str(tmp_path / "eval")
