@@ -307,12 +307,12 @@ def run(args):
     resolve_warmup(args, config, total)
     batch = args.batch or (8 if config["lam_adv"] else 4)
     m, n = config["m"], config["n"]
+    if args.val and args.data:
+        raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
     try:
         source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
         test_source = source if args.data else data.open_source(None, seed=args.seed)
         source.sample(1, m, n, config["patch"], np.random.default_rng(0))   # fails now, not mid-run
-        if args.val and args.data:
-            raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
         split = dict(split="val") if args.val else {}
         clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
     except data.DataError as e:
