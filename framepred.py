@@ -145,7 +145,7 @@ def init_params(config, seed=0, dtype=np.float32, zero_last=False):
     zero_last: start the last convolution of every G'_k at zero (`--init-last zero`; not the
     authors'): each scale k > 1 then starts as eq. 1's identity on the upscaled coarse guess,
     tanh(u_k(Y_hat_(k-1))), and learns only a correction to it. Measured, it did not help with
-    Adam (README "Training in minutes"), so no preset uses it."""
+    Adam (README "Training in minutes": gdl_l1 ends 0.19 dB less sharp), so no preset uses it."""
     rng = np.random.default_rng(seed)
     params, shapes = {}, parameter_shapes(config)
     for key, shape in shapes.items():
