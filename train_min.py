@@ -35,9 +35,9 @@ PRESETS = {
     # steps: about 10 minutes on 2 cores each (8000 G steps at batch 4; 2400 G-alone steps at
     # batch 8, then 600 adversarial iterations, each 2.6x the time of a G-alone step: 3800 steps
     # took 12m18s). warmup: the fraction of an adversarial run in which G trains alone on
-    # l_p + GDL before D joins. d_in_warmup False: training D during the
-    # warm-up too makes each step 1.8x slower and ended lower in the same time (-0.2 dB PSNR,
-    # -0.37 dB sharpness on the validation draw).
+    # l_p + GDL before D joins. d_in_warmup False: training D during the warm-up too makes each
+    # step 1.8x slower and ended lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the
+    # validation draw).
     "small": dict(width=1 / 8, steps=8000, steps_adv=3000, optimizer="adam", init_last="torch", warmup=0.8,
                   d_in_warmup=False),
 }
