@@ -394,7 +394,8 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     """
     log = {}
     use_adv = bool(config["lam_adv"]) and adversarial
-    if bool(config["lam_adv"]) and (adversarial if train_d is None else train_d):
+    train_d = adversarial if train_d is None else train_d
+    if config["lam_adv"] and train_d:
         X, Y = d_batch
         preds, _ = generator_forward(ops, params, config, X)
         log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = d_loss(ops, params, config, X, Y, preds)

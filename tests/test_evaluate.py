@@ -126,7 +126,6 @@ def test_evaluate_synthetic_end_to_end(ckpts, tmp_path, capsys):
     assert "4 clips of 6 frames at 32x32" in captured.err
 
 
-
 def test_evaluate_val_scores_the_validation_draw(ckpts, tmp_path, capsys):
     """--val: the synthetic validation clips, not the test clips (other baseline scores), and it
     says so; with --data it is refused with a message."""
@@ -144,6 +143,7 @@ def test_evaluate_val_scores_the_validation_draw(ckpts, tmp_path, capsys):
                        "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 1 and "--val is for the synthetic videos" in err and "Traceback" not in err
+
 
 def test_evaluate_video_folder_end_to_end(ckpts, video_folder, tmp_path, capsys):
     root, split = video_folder

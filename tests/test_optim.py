@@ -133,7 +133,6 @@ def test_warmup_step_leaves_d_alone():
     assert not np.array_equal(params["D/scale1/fc1/weight"], before["D/scale1/fc1/weight"])
 
 
-
 def test_d_can_train_during_g_warmup():
     """adversarial=False, train_d=True: D takes its step, but G's loss has no adversarial term, so
     G's step equals the one of a run without D at all."""
@@ -148,6 +147,7 @@ def test_d_can_train_during_g_warmup():
     for key in with_d:
         same = np.array_equal(with_d[key], without_d[key])
         assert same == key.startswith("G/"), key       # G's step unchanged, every D tensor moved
+
 
 def test_checkpoint_keeps_adam_state_exactly(tmp_path):
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
