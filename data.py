@@ -9,6 +9,7 @@ held-out set (count, length, 3, H, W). Training patches are kept only when they 
 """
 import os
 import re
+import sys
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -27,6 +28,13 @@ class DataError(Exception):
 
 class DataWarning(UserWarning):
     """A video was skipped (corrupt, too short or too small); training goes on without it."""
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warnings.showwarning that prints one line, "warning: MESSAGE", to stderr: no file name,
+    no line of our source. Warnings other than DataWarning keep their category's name."""
+    kind = "" if issubclass(category, DataWarning) else f" ({category.__name__})"
+    print(f"warning{kind}: {message}", file=sys.stderr if file is None else file, flush=True)
 
 
 # ----------------------------------------------------------------------------- tensor helpers
@@ -349,6 +357,7 @@ class VideoFolder:
         if int(every_nth) != every_nth or every_nth < 1:
             raise DataError(f"every_nth must be a positive integer, got {every_nth!r}")
         self.root, self.subset, self.min_motion, self.max_tries = root, subset, min_motion, max_tries
+        self.split_list = split_list
         self.reuse = reuse
         self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
         self._cache, self._bad = OrderedDict(), {}
@@ -369,6 +378,18 @@ class VideoFolder:
         if not self.videos:
             raise DataError(f"the {subset} subset of {root} is empty"
                             + (f" (split list {split_list})" if split_list is not None else ""))
+
+    def split_summary(self):
+        """One line saying which videos (or which frames of a lone video) train and which are held out."""
+        train, test = self.train_videos, self.test_videos
+        if len(train) == 1 and train[0][1] == "head":
+            return (f"data: one video, {train[0][0]}: split in time, its first 80% of frames for training and "
+                    f"the last 20% held out for the scores (give more videos, or --split-list, to hold out "
+                    f"whole videos)")
+        how = (f"the {len(test)} listed in {self.split_list}" if self.split_list is not None
+               else f"the last {len(test)} in sorted order (10%; --split-list chooses)")
+        return (f"data: {len(train) + len(test)} videos under {self.root}: {len(train)} for training, {how} "
+                f"held out for the scores")
 
     def _split_by_list(self, videos, split_list):
         index = {}  # every path suffix (lower case, no video extension) -> videos

@@ -14,6 +14,7 @@ Parameters live in a flat dict whose keys are the checkpoint's: "G/scale{k}/conv
 import json
 import os
 import sys
+import zipfile
 
 import numpy as np
 
@@ -457,17 +458,69 @@ def _optimizer_from_arrays(arrays):
     return optimizer or None
 
 
+CHECKPOINT_NAME = "checkpoint.npz"   # the checkpoint file of a run folder (train_min.py --out)
+NOT_A_CHECKPOINT = "give a run folder of train_min.py or the checkpoint.npz in it"
+
+
+def resolve_checkpoint(path):
+    """The one path rule of every command: a run folder or its checkpoint file -> the file's path.
+
+    A folder stands for its checkpoint.npz. CheckpointError ("checkpoint not found: ...") when
+    neither exists."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        file = os.path.join(path, CHECKPOINT_NAME)
+        if not os.path.isfile(file):
+            raise CheckpointError(f"checkpoint not found: the folder {path} holds no {CHECKPOINT_NAME} "
+                                  f"({NOT_A_CHECKPOINT})")
+        return file
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path} ({NOT_A_CHECKPOINT})")
+    return path
+
+
+def run_folder(path):
+    """The run folder of a checkpoint path (a run folder or its checkpoint file); see resolve_checkpoint."""
+    return os.path.dirname(resolve_checkpoint(path)) or "."
+
+
+def peek_checkpoint(path):
+    """(config, state or None) of a checkpoint without loading its arrays; CheckpointError if unreadable."""
+    path = resolve_checkpoint(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            config = json.loads(str(z["config"]))
+            state = json.loads(str(z["state"])) if "state" in z.files else None
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path} ({NOT_A_CHECKPOINT})") from e
+    return config, state
+
+
+def describe_checkpoint(config, state):
+    """One line on what a checkpoint holds: its step, loss, data, patch, m and n."""
+    args = (state or {}).get("args", {})
+    step = (f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")) if state else "no training state"
+    data = f", trained on {args.get('data') or 'the synthetic videos'}" if state else ""
+    return (f"{step}, loss {config.get('loss', '?')}{data}, patches of {config.get('patch')}x{config.get('patch')}, "
+            f"m {config.get('m')} -> n {config.get('n')}")
+
+
 def load_checkpoint(path, expect_config=None):
     """-> (params as float32 NumPy arrays, config, state or None). When the checkpoint holds
     Adam's moments, state["optimizer"] is {net: {"t", "m", "v"}} (see save_checkpoint).
 
+    path: a checkpoint file or a run folder (its checkpoint.npz, see resolve_checkpoint).
     Refuses, with a CheckpointError saying what differs, a file that is missing or unreadable,
     whose parameters do not have the shapes its config implies, or whose config differs from
     expect_config in any architecture field (m, n, widths, kernels, patch size, scales)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = resolve_checkpoint(path)
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"cannot read checkpoint {path}: not a .npz archive ({NOT_A_CHECKPOINT})")
     try:
         with np.load(path, allow_pickle=False) as z:
+            if "config" not in z.files:
+                raise CheckpointError(f"cannot read checkpoint {path}: a .npz without a framepred config "
+                                      f"({NOT_A_CHECKPOINT})")
             arrays = {key: z[key] for key in z.files}
         config = json.loads(str(arrays.pop("config")))
         state = json.loads(str(arrays.pop("state"))) if "state" in arrays else None
@@ -475,7 +528,8 @@ def load_checkpoint(path, expect_config=None):
     except CheckpointError:
         raise
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from e
+        why = "it holds Python objects, not arrays" if "allow_pickle" in str(e) else f"{type(e).__name__}: {e}"
+        raise CheckpointError(f"cannot read checkpoint {path}: {why} ({NOT_A_CHECKPOINT})") from e
     if optimizer is not None and state is not None:
         state["optimizer"] = optimizer
     if expect_config is not None:
@@ -551,7 +605,9 @@ def predict(args):
     from data import DataError, DataWarning, read_frames, to_uint8, to_unit
     from kernels import BackendError, load_backend
     try:
-        params, config, _ = load_checkpoint(args.checkpoint)
+        ckpt = resolve_checkpoint(args.checkpoint)
+        params, config, state = load_checkpoint(ckpt)
+        print(f"checkpoint {ckpt}: {describe_checkpoint(config, state)}")
         m = config["m"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
@@ -578,7 +634,10 @@ def predict(args):
             Image.fromarray(to_uint8(p).transpose(1, 2, 0)).save(paths[-1], format="PNG")
         import metrics
         gif = os.path.join(args.out, "predictions.gif")
-        metrics.save_gif(gif, list(history) + list(preds), fps=4)
+        captions = [f"input {t + 1} of {m}" for t in range(m)] + [
+            f"predicted t+{i} (red frame)" for i in range(1, len(preds) + 1)]
+        metrics.save_gif(gif, list(history) + list(preds), fps=4, captions=captions, first_predicted=m,
+                         labels=[os.path.basename(os.path.normpath(args.input))])
     except (CheckpointError, DataError, BackendError, PredictError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -599,7 +658,8 @@ def build_parser():
                                    "DIR/predictions.gif (the m input frames, then the predictions). Sides that "
                                    "do not divide by 8 are padded by edge replication for the generator and "
                                    "the predictions cropped back.")
-    p.add_argument("--checkpoint", required=True, metavar="C", help="checkpoint file (.npz)")
+    p.add_argument("--checkpoint", required=True, metavar="C",
+                   help="run folder of train_min.py or its checkpoint.npz")
     p.add_argument("--input", required=True, metavar="PATH",
                    help="video file (.mp4 .avi .mkv .mov .webm) or folder of .png/.jpg frames (natural order)")
     p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",

@@ -352,57 +352,119 @@ def _upscale(a, min_size):
     return a.repeat(s, axis=0).repeat(s, axis=1)
 
 
-def save_grid_png(path, rows, labels=None, col_labels=None, min_size=96, gap=4):
+def _text_size(text, font):
+    """(width, height) in px of text (may hold newlines) in font; (0, 0) for empty text."""
+    if not text:
+        return 0, 0
+    x0, y0, x1, y1 = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((0, 0), str(text), font=font)
+    return x1 - min(x0, 0), y1 - min(y0, 0)
+
+
+def save_grid_png(path, rows, labels=None, col_labels=None, min_size=96, gap=4, title=None, captions=None,
+                  font_size=13):
     """Write one PNG grid of images, e.g. the layout of paper Figure 4.
 
     rows: list of lists of (3, H, W) images on [-1, 1], or None for an empty cell; rows may
     differ in length. Each image is upscaled by an integer factor with nearest neighbour so
     that its larger side is >= ``min_size`` px; cells are sized for the largest upscaled image
-    and separated by ``gap`` px of white. labels: optional text per row, drawn in a column on
-    the left; col_labels: optional text per column, drawn above; Pillow's default font.
-    Returns the (width, height) of the written image.
+    and separated by ``gap`` px of white. Text (Pillow's default font at ``font_size`` px; any
+    text may hold newlines): labels, one per row, in a column on the left; col_labels, one per
+    column, above the grid; title above everything; captions, per row a list of texts (or None),
+    one above each of that row's cells. Returns the (width, height) of the written image.
     """
     cells = [[None if im is None else _upscale(image_to_uint8(im), min_size) for im in row] for row in rows]
     present = [c for row in cells for c in row if c is not None]
     ch = max((c.shape[0] for c in present), default=min_size)
     cw = max((c.shape[1] for c in present), default=min_size)
     ncols = max((len(r) for r in rows), default=0)
-    font = ImageFont.load_default()
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    font = _curve_font(font_size)
+    title_font = _curve_font(font_size + 3)
 
-    def text_size(t):
-        x0, y0, x1, y1 = probe.textbbox((0, 0), str(t), font=font)
-        return x1 - x0, y1 - y0
-
-    left = max((text_size(t)[0] for t in labels), default=0) + 2 * gap if labels else 0
-    top = max((text_size(t)[1] for t in col_labels), default=0) + 2 * gap if col_labels else 0
-    width = left + ncols * cw + (ncols + 1) * gap
-    height = top + len(rows) * ch + (len(rows) + 1) * gap
+    def strip(texts, f=font):                  # height of a band holding the tallest of texts
+        h = max((_text_size(t, f)[1] for t in texts or [] if t), default=0)
+        return h + gap if h else 0
+    captions = list(captions or []) + [None] * (len(rows) - len(captions or []))
+    cap_h = [strip(c) for c in captions]
+    left = max((_text_size(t, font)[0] for t in labels), default=0) + 2 * gap if labels else 0
+    title_h = strip([title], title_font) + (gap if title else 0)
+    top = title_h + strip(col_labels)
+    width = max(left + ncols * cw + (ncols + 1) * gap, _text_size(title, title_font)[0] + 2 * gap)
+    height = top + len(rows) * ch + sum(cap_h) + (len(rows) + 1) * gap
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    if title:
+        _text(draw, (gap, gap), str(title), title_font)
+    for c, t in enumerate(col_labels or []):
+        _text(draw, (left + gap + c * (cw + gap) + cw / 2, title_h), str(t), font, "ma")
+    y = top + gap
     for r, row in enumerate(cells):
-        y = top + gap + r * (ch + gap)
-        if labels and r < len(labels):
-            draw.text((gap, y + (ch - text_size(labels[r])[1]) // 2), str(labels[r]), fill=(0, 0, 0), font=font)
+        for c, t in enumerate(captions[r] or []):
+            if t:
+                _text(draw, (left + gap + c * (cw + gap) + cw / 2, y), str(t), font, "ma")
+        y += cap_h[r]
+        if labels and r < len(labels) and labels[r]:
+            _text(draw, (gap, y + ch / 2), str(labels[r]), font, "lm")
         for c, cell in enumerate(row):
             if cell is not None:
                 canvas.paste(Image.fromarray(cell), (left + gap + c * (cw + gap), y))
-    for c, t in enumerate(col_labels or []):
-        draw.text((left + gap + c * (cw + gap), gap), str(t), fill=(0, 0, 0), font=font)
+        y += ch + gap
     canvas.save(path, format="PNG")
     return canvas.size
 
 
-def save_gif(path, frames, fps=4, min_size=96):
+PREDICTED_MARK = (220, 30, 30)   # the frame drawn around predicted images in the GIFs
+
+
+def _gif_frame(panels, labels, caption, marked, min_size, gap=4, border=3, font=None):
+    """One labelled GIF frame: panels side by side (each upscaled, see _upscale), a label above
+    each, a caption below, and a red frame around every panel when ``marked`` (a prediction)."""
+    ims = [_upscale(image_to_uint8(p), min_size) for p in panels]
+    ph, pw = max(i.shape[0] for i in ims), max(i.shape[1] for i in ims)
+    head = max((_text_size(t, font)[1] for t in labels or []), default=0)
+    head = head + 2 * gap if head else 0
+    foot = _text_size(caption, font)[1] + 2 * gap if caption else 0
+    step = max([pw + 2 * border] + [_text_size(t, font)[0] for t in labels or []]) + gap
+    canvas = Image.new("RGB", (max(len(ims) * step + gap, _text_size(caption, font)[0] + 2 * gap),
+                               head + ph + 2 * border + foot + (0 if foot else gap)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for i, im in enumerate(ims):
+        x = gap + i * step + (step - gap - pw - 2 * border) // 2      # centred under its label
+        if marked:
+            draw.rectangle([x, head, x + pw + 2 * border - 1, head + ph + 2 * border - 1], fill=PREDICTED_MARK)
+        canvas.paste(Image.fromarray(im), (x + border, head + border))
+        if labels and i < len(labels):
+            _text(draw, (x + border + pw / 2, gap), str(labels[i]), font, "ma")
+    if caption:
+        _text(draw, (gap, head + ph + 2 * border + gap), str(caption), font,
+              fill=PREDICTED_MARK if marked else (0, 0, 0))
+    return canvas
+
+
+def save_gif(path, frames, fps=4, min_size=96, labels=None, captions=None, first_predicted=None):
     """Write frames, a list of (3, H, W) images on [-1, 1], as a looping animated GIF.
 
     Frames are upscaled with nearest neighbour as in ``save_grid_png`` (``min_size``); each
     lasts 1000 / fps ms. GIF stores at most 256 colours per frame (Pillow quantises), and
     Pillow merges consecutive identical frames into one longer frame.
+    Labelled form (any of the last three given): a frame may be a list of panels shown side by
+    side; labels name the panels (above them), captions say what each frame is (below it), and
+    frames from index first_predicted on, the predictions, get a red frame and a red caption.
     """
-    images = [Image.fromarray(_upscale(image_to_uint8(f), min_size)) for f in frames]
-    if not images:
+    if not frames:
         raise ValueError("save_gif needs at least one frame")
+    if labels is None and captions is None and first_predicted is None:
+        images = [Image.fromarray(_upscale(image_to_uint8(f), min_size)) for f in frames]
+    else:
+        font = _curve_font(13)
+        marked = len(frames) if first_predicted is None else first_predicted
+        images = [_gif_frame(f if isinstance(f, (list, tuple)) else [f], labels,
+                             captions[i] if captions else None, i >= marked, min_size, font=font)
+                  for i, f in enumerate(frames)]
+        size = (max(im.size[0] for im in images), max(im.size[1] for im in images))
+        for i, im in enumerate(images):               # one size for every frame of the GIF
+            if im.size != size:
+                images[i] = Image.new("RGB", size, (255, 255, 255))
+                images[i].paste(im, (0, 0))
     images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(round(1000.0 / fps)), loop=0)
 
@@ -429,7 +491,7 @@ def _text(draw, xy, text, font, anchor="la", fill=(0, 0, 0)):
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = xy[0] - {"l": left, "m": (left + right) / 2, "r": right}[anchor[0]]
     y = xy[1] - {"a": top, "m": (top + bottom) / 2}[anchor[1]]
-    draw.text((x, y), text, fill=fill, font=font)
+    draw.text((x, y), text, fill=fill, font=font, align={"l": "left", "m": "center", "r": "right"}[anchor[0]])
 
 
 def _finite(value):
@@ -650,6 +712,7 @@ def load_models(paths):
     Equal names get the file name added."""
     models = []
     for path in paths:
+        path = framepred.resolve_checkpoint(path)     # a run folder stands for its checkpoint.npz
         params, config, _ = framepred.load_checkpoint(path)
         models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config))
     names = [md["name"] for md in models]
@@ -807,32 +870,37 @@ def write_csv(path, rows, means):
 def write_figures(out, rows, clips, masks, count):
     """Per clip i (1-based, the first ``count`` clips): figure4_clip{i}.png, a grid like the paper's
     Figure 4 (rows: input frames, ground truth, the ground truth outside the moving areas blacked
-    out as in the paper's Figure 3, then each model's and each
-    baseline's 1st and 2nd predicted frame, labelled), and clip{i}.gif, side-by-side panels
-    (ground truth, then each row's predictions in table order) through the input frames and on
-    to the 1st and 2nd predicted frame. Returns the written paths."""
+    out as in the paper's Figure 3, then each model's and each baseline's 1st and 2nd predicted
+    frame; a title, t-k / t+k captions, the share of moving pixels), and clip{i}.gif, labelled
+    side-by-side panels (ground truth, then each row's predictions in table order) through the
+    input frames and on to the 1st and 2nd predicted frame, those two framed in red. Returns the
+    written paths."""
     T = clips.shape[1]
     written = []
     for i in range(min(count, len(clips))):
         inputs = list(clips[i, :T - 2])
         truth = [clips[i, T - 2], clips[i, T - 1]]
+        share = [100 * float(masks[k][i].mean()) for k in range(2)]
+        moving = f"Moving areas of the truth\n({share[0]:.0f}% / {share[1]:.0f}% of pixels;\nblack: not moving)"
+        if min(share) > 50:     # e.g. the synthetic clips, whose background drifts: the row is nearly the truth
+            moving += "\nmost pixels move: close to\nthe ground truth above"
         grid = [inputs, truth, [np.where(masks[k][i], truth[k], -1.0) for k in range(2)]]
-        labels = [f"Input frames (t-{T - 3} .. t)", "Ground truth (t+1, t+2)", "Moving areas of it"]
+        labels = ["Input frames", "Ground truth", moving] + [row["name"] for row in rows]
+        captions = [[f"t-{T - 3 - t}" if t < T - 3 else "t" for t in range(T - 2)],
+                    ["t+1 (1st predicted)", "t+2 (2nd)"]]
         for row in rows:
             grid.append([row["preds"][0][i], row["preds"][1][i]])
-            labels.append(row["name"])
         png = os.path.join(out, f"figure4_clip{i + 1}.png")
-        save_grid_png(png, grid, labels=labels)
-        gap = np.ones((3, clips.shape[3], 2), np.float32)
-
-        def strip(panels):
-            return np.concatenate([p for q in panels for p in (q, gap)][:-1], axis=2)
-        frames = [strip([f] * (1 + len(rows))) for f in inputs]
-        for k in range(2):
-            frames.append(strip([clips[i, T - 2 + k]] + [row["preds"][k][i] for row in rows]))
+        save_grid_png(png, grid, labels=labels, captions=captions,
+                      title=f"Clip {i + 1}: {T - 2} input frames, then each row's 1st and 2nd predicted frame (t+1, t+2)")
+        names = ["the clip (truth)"] + [row["name"] for row in rows]
+        frames = [[f] * len(names) for f in inputs]
+        frames += [[clips[i, T - 2 + k]] + [row["preds"][k][i] for row in rows] for k in range(2)]
+        captions = [f"input {t + 1} of {T - 2} (the same frame in every panel)" for t in range(T - 2)] + [
+            f"t+{k + 1}: each row's {'1st' if k == 0 else '2nd'} predicted frame (red), the truth on the left"
+            for k in range(2)]
         gif = os.path.join(out, f"clip{i + 1}.gif")
-        scale = -(-96 // clips.shape[3])  # each panel at least 96 px high
-        save_gif(gif, frames, fps=2, min_size=scale * max(frames[0].shape[1:]))
+        save_gif(gif, frames, fps=2, min_size=96, labels=names, captions=captions, first_predicted=T - 2)
         written += [png, gif]
     return written
 
@@ -949,8 +1017,9 @@ def build_parser():
                     "predicted frame, on whole frames and on moving areas (paper section 4.2, Table 2). "
                     "Prints the table and writes DIR/table.md, DIR/table.csv, DIR/figure4_clip{i}.png "
                     "and DIR/clip{i}.gif.")
-    p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", help="checkpoint files (.npz); "
-                   "each model reads its own last m frames, so models with different m can be compared")
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", help="run folders of train_min.py or "
+                   "their checkpoint.npz files; each model reads its own last m frames, so models with "
+                   "different m can be compared")
     p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset); default: the "
                    "synthetic held-out clips")
     p.add_argument("--split-list", metavar="F", help="UCF101-style test list for --data (e.g. testlist01.txt)")

@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 import time
+import warnings
+from collections import deque
 
 # OpenBLAS's idle threads spin ~0.1 s after each GEMM and take the second core from the im2col
 # copies between GEMMs; a short timeout saves ~0.5 s per paper-preset step on 2 cores (bench.py).
@@ -49,33 +51,54 @@ LEARNING_RATES = {
 }
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _loss_presets_text():
+    """'l2 = l2; ...; adv_gdl = l2 + GDL (alpha 1) + 0.05 x adversarial' from framepred.LOSS_PRESETS."""
+    def terms(d):
+        parts = [f"l{d['p']}"] + [f"GDL (alpha {d['alpha']})"] * bool(d["lam_gdl"])
+        return " + ".join(parts + [f"{d['lam_adv']:g} x adversarial"] * bool(d["lam_adv"]))
+    return "; ".join(f"{name} = {terms(d)}" for name, d in fp.LOSS_PRESETS.items())
+
+
+def build_parser():
+    """The command line; each integer is checked here (e.g. --steps 0 is a usage error, exit status 2)."""
+    count, natural = fp.int_at_least(0), fp.int_at_least(1)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Exit status: 0 done, 1 an error the "
+                                "message explains, 2 a bad command line, 3 a non-finite loss, 130 interrupted.")
     p.add_argument("--loss", choices=sorted(fp.LOSS_PRESETS), default="adv_gdl",
-                   help="loss preset of SPEC/paper Table 2 (p, alpha and the lambdas)")
+                   help="loss preset, the rows of the paper's Table 2 (section 3): " + _loss_presets_text().replace("%", "%%")
+                        + ". The overrides below change one term (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto takes the GPU when CuPy sees one, else the CPU")
+                   help="auto takes the GPU when CuPy sees one, else the CPU (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
-    p.add_argument("--out", default="runs/latest", help="run folder: checkpoint, logs, sample grids")
-    p.add_argument("--steps", type=int, default=None, help="total iterations of the run (default: by preset)")
-    p.add_argument("--batch", type=int, default=None, help="minibatch (default: 8 with the adversarial loss, else 4)")
-    p.add_argument("--patch", type=int, default=32, help="training patch side (a multiple of 8, >= 32 for D)")
-    p.add_argument("--m", type=int, default=4, help="input frames")
-    p.add_argument("--n", type=int, default=1, help="predicted frames")
+    p.add_argument("--out", default="runs/latest",
+                   help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
+                        "another run is refused unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="start a new run in an --out folder that holds another run, removing that run's "
+                        "checkpoint, eval.jsonl, curves.png and sample grids")
+    p.add_argument("--steps", type=natural, default=None, help="total iterations of the run (default: by preset)")
+    p.add_argument("--batch", type=natural, default=None,
+                   help="minibatch (default: 8 with the adversarial loss, else 4)")
+    p.add_argument("--patch", type=fp.int_at_least(8), default=32,
+                   help="training patch side, a multiple of 8, >= 32 for D (default: %(default)s)")
+    p.add_argument("--m", type=natural, default=4, help="input frames (default: %(default)s)")
+    p.add_argument("--n", type=natural, default=1, help="predicted frames (default: %(default)s)")
     p.add_argument("--single-scale", action="store_true", help="scale 4 alone, no coarse input")
-    p.add_argument("--width", type=float, default=None, help="feature-map multiplier (overrides the preset's)")
+    p.add_argument("--width", type=float, default=None, help="feature-map multiplier (default: by preset)")
     p.add_argument("--d-width", type=float, default=None,
                    help="D's feature-map multiplier when it differs from G's (default: by preset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count, default=0,
+                   help="seeds the initial weights and the draw of training samples; with the synthetic videos "
+                        "also which videos are made, the held-out clips included (metrics.py evaluate scores "
+                        "seed 0's) (default: %(default)s)")
     p.add_argument("--p", type=int, choices=[1, 2], default=None, help="override the preset's l_p exponent")
-    p.add_argument("--alpha", type=int, choices=[1, 2], default=None, help="override the GDL exponent")
-    p.add_argument("--lam-lp", type=float, default=None, help="override lambda_lp")
-    p.add_argument("--lam-gdl", type=float, default=None, help="override lambda_gdl")
-    p.add_argument("--lam-adv", type=float, default=None, help="override lambda_adv")
+    p.add_argument("--alpha", type=int, choices=[1, 2], default=None, help="override the preset's GDL exponent")
+    p.add_argument("--lam-lp", type=float, default=None, help="override the preset's lambda_lp")
+    p.add_argument("--lam-gdl", type=float, default=None, help="override the preset's lambda_gdl")
+    p.add_argument("--lam-adv", type=float, default=None, help="override the preset's lambda_adv")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, small adam)")
     p.add_argument("--lr-g", type=float, nargs=2, default=None, metavar=("START", "END"),
@@ -85,7 +108,7 @@ def parse_args(argv=None):
     p.add_argument("--init-last", choices=["torch", "zero"], default=None,
                    help="torch: every layer Torch-initialised (the authors'); zero: each G'_k's last convolution "
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
-    p.add_argument("--warmup", type=int, default=None, metavar="STEPS",
+    p.add_argument("--warmup", type=count, default=None, metavar="STEPS",
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
                         "(default: by preset: paper 0, small 80%% of the steps)")
     p.add_argument("--d-in-warmup", action=argparse.BooleanOptionalAction, default=None,
@@ -94,15 +117,31 @@ def parse_args(argv=None):
     p.add_argument("--val", action="store_true",
                    help="score on the validation draw of the synthetic videos instead of the test clips "
                         "(for choosing settings without looking at the test set)")
-    p.add_argument("--log-every", type=int, default=10, help="steps between progress lines")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between held-out evaluations and sample grids")
-    p.add_argument("--ckpt-every", type=int, default=200, help="steps between checkpoints")
-    p.add_argument("--eval-clips", type=int, default=32, help="held-out clips per evaluation")
-    p.add_argument("--resume", metavar="DIR", default=None, help="continue the run in DIR to its --steps")
-    p.add_argument("--init", metavar="CHECKPOINT", default=None,
-                   help="start from this checkpoint's G (and D when the patch size matches), e.g. 64x64 fine-tuning")
-    p.add_argument("--bench", type=int, default=0, metavar="N", help="time N iterations after a warm-up and exit")
-    return p.parse_args(argv)
+    p.add_argument("--log-every", type=natural, default=10, help="steps between progress lines (default: %(default)s)")
+    p.add_argument("--eval-every", type=natural, default=200,
+                   help="steps between held-out evaluations and sample grids (default: %(default)s)")
+    p.add_argument("--ckpt-every", type=natural, default=200, help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--eval-clips", type=natural, default=32, help="held-out clips per evaluation (default: %(default)s)")
+    p.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
+                        "only --steps, --device, --log-every, --eval-every and --ckpt-every may change")
+    p.add_argument("--init", metavar="RUN", default=None,
+                   help="start from a run's G (its folder or its checkpoint.npz), and its D when the patch size "
+                        "matches, e.g. 64x64 fine-tuning")
+    p.add_argument("--bench", type=count, default=0, metavar="N", help="time N iterations after a warm-up and exit")
+    return p
+
+
+def given_flags(parser, argv=None):
+    """The destinations of the flags written on the command line (as opposed to left at their defaults)."""
+    unset = object()
+    names = {a.dest for a in parser._actions if a.dest != "help"}
+    ns = parser.parse_args(argv, namespace=argparse.Namespace(**{name: unset for name in names}))
+    return {name for name in names if getattr(ns, name) is not unset}
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 class RunError(Exception):
@@ -193,8 +232,9 @@ def evaluate(ops, params, config, clips):
                 sharp_last=float(np.mean(metrics.sharpness_difference(last, Y))))
 
 
-def save_sample_grid(path, ops, params, config, X, Y, rows=4):
-    """One row per sample: the m inputs, the truth, then G's prediction at every scale (upscaled)."""
+def save_sample_grid(path, ops, params, config, X, Y, rows=4, title=None):
+    """One row per training patch: the m inputs, the truth, then G's prediction at every scale
+    (scale 1 the coarsest, each upscaled to the patch side), with a title and column labels."""
     preds, _ = fp.generator_forward(ops, params, config, ops.asarray(X[:rows]))
     preds = {k: ops.to_host(v) for k, v in preds.items()}
     m, side = config["m"], X.shape[2]
@@ -205,8 +245,13 @@ def save_sample_grid(path, ops, params, config, X, Y, rows=4):
             f = side // preds[k].shape[2]
             cells.append(preds[k][r, :3].repeat(f, axis=1).repeat(f, axis=2))
         grid.append(cells)
-    heads = [f"input {t + 1}" for t in range(m)] + ["truth"] + [f"G scale {k}" for k in config["scales"]]
-    metrics.save_grid_png(path, grid, col_labels=heads)
+    coarse = {config["scales"][0]: ", coarsest", config["scales"][-1]: ", full size"} if len(config["scales"]) > 1 else {}
+    heads = ([f"input t-{m - 1 - t}" if t < m - 1 else "input t" for t in range(m)] + ["truth t+1"]
+             + [f"G scale {k}\n{preds[k].shape[2]}x{preds[k].shape[3]}{coarse.get(k, '')}" for k in config["scales"]])
+    subtitle = (f"rows: {len(grid)} training patches of {side}x{side}; G's prediction of t+1 at each scale, "
+                f"shown upscaled to {side}x{side}")
+    metrics.save_grid_png(path, grid, col_labels=heads, labels=[f"patch {r + 1}" for r in range(len(grid))],
+                          title=f"{title}\n{subtitle}" if title else subtitle)
 
 
 def draw_curves(out, config):
@@ -236,29 +281,137 @@ def make_optimizer(ops, params, args, saved=None):
                   "v": {k: ops.asarray(v) for k, v in st["v"].items()}} for net, st in saved.items()}
 
 
-def resume_run(args):
-    """Load DIR/checkpoint.npz of --resume DIR: params, config, step, data rng, and the run's own flags."""
-    path = os.path.join(args.resume, "checkpoint.npz")
+# Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
+# and a different value on the command line is refused (RunError) rather than silently dropped.
+RESUME_APPLIED = ("steps", "device", "log_every", "eval_every", "ckpt_every")
+NOT_WITH_RESUME = ("out", "force", "init", "bench")
+CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
+
+
+def flag_name(dest, value=None):
+    if value is False and dest == "d_in_warmup":
+        return "--no-d-in-warmup"
+    return "--" + dest.replace("_", "-")
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return a == b
+
+
+def _show(value):
+    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(value, (list, tuple)) \
+        else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def run_value(dest, saved, config):
+    """The value a run was trained with for the flag `dest`: from its config, else its saved flags."""
+    if dest in CONFIG_FLAGS:
+        return config.get(dest)
+    if dest == "single_scale":
+        return config["scales"] == [4]
+    if dest == "batch" and saved.get("batch") is None:        # runs saved before the batch was stored
+        return 8 if config["lam_adv"] else 4
+    return saved.get(dest)
+
+
+def resume_run(args, given=frozenset()):
+    """Load the checkpoint of --resume RUN (a run folder or its checkpoint.npz): params, config,
+    step, data rng, the run's own flags (with those of RESUME_APPLIED given on this command line)
+    and the list of the flags applied. RunError for a flag that differs from the run's, or for
+    nothing left to train."""
     try:
+        path = fp.resolve_checkpoint(args.resume)
         params, config, state = fp.load_checkpoint(path)
     except fp.CheckpointError as e:
         raise RunError(f"--resume {args.resume}: {e}") from e
+    folder = os.path.dirname(path) or "."
     if not state:
         raise RunError(f"--resume {args.resume}: {path} holds no training state (a model-only checkpoint; use --init)")
+    clash = [flag_name(d) for d in NOT_WITH_RESUME if d in given]
+    if clash:
+        raise RunError(f"{', '.join(clash)} cannot be combined with --resume, which continues the run in its own "
+                       f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
-    for flag in ("steps", "device", "preset"):           # these may change on resume
-        if getattr(args, flag) is not None:
-            saved[flag] = getattr(args, flag)
-    saved.update(resume=args.resume, out=args.resume, bench=0)
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
                               ("d_in_warmup", False)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
+    differ = []
+    for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
+        mine, theirs = getattr(args, dest), run_value(dest, saved, config)
+        if not _same(mine, theirs):
+            differ.append(f"{flag_name(dest, mine)} {_show(mine)} (the run has {_show(theirs)})")
+    if differ:
+        raise RunError(f"--resume {args.resume}: a resumed run keeps the flags it was started with, and "
+                       f"{'; '.join(differ)} differ{'s' * (len(differ) == 1)}. To train with other flags, start a "
+                       f"new run from its weights: --init {folder} --out NEW_FOLDER")
+    start, total = state["step"], saved["steps"]
+    if "steps" in given and args.steps <= start:
+        raise RunError(f"--resume {args.resume}: the run is at step {start} already; --steps must be more than that")
+    if "steps" not in given and start >= total:
+        raise RunError(f"--resume {args.resume}: the run has finished its {total} steps; to train it further, "
+                       f"give the new total, e.g. --steps {2 * total} (rho_G's schedule is then spread over it)")
+    applied = [f"{flag_name(d)} {getattr(args, d)}" for d in RESUME_APPLIED
+               if d in given and not _same(getattr(args, d), saved.get(d))]
+    for dest in RESUME_APPLIED:
+        if dest in given or dest == "device":       # the device is the machine's, never the run's
+            saved[dest] = getattr(args, dest)
+    saved.update(resume=args.resume, out=folder, bench=0, force=False)
     rng = np.random.default_rng()
     rng.bit_generator.state = state["rng"]
     saved_args = argparse.Namespace(**saved)
     if saved_args.optimizer == "adam" and "optimizer" not in state:
         raise RunError(f"--resume {args.resume}: {path} was trained with Adam but holds no Adam state")
-    return saved_args, params, config, state["step"], rng, state.get("optimizer")
+    return saved_args, params, config, start, rng, state.get("optimizer"), applied
+
+
+# ----------------------------------------------------------------------------- the run folder
+RUN_FILES = (fp.CHECKPOINT_NAME, "eval.jsonl", "curves.png")
+
+
+def previous_run_files(out):
+    """The files an earlier run left in the folder out: RUN_FILES and samples/step_*.png."""
+    found = [os.path.join(out, name) for name in RUN_FILES if os.path.isfile(os.path.join(out, name))]
+    samples = os.path.join(out, "samples")
+    if os.path.isdir(samples):
+        found += sorted(os.path.join(samples, f) for f in os.listdir(samples)
+                        if f.startswith("step_") and f.endswith(".png"))
+    return found
+
+
+def check_run_folder(out, force):
+    """Refuse (RunError) an --out that is a file, or that holds another run unless force.
+    -> the earlier run's files, which the new run removes just before it writes its own."""
+    above = out
+    while above and not os.path.exists(above):           # the nearest part of the path that exists
+        above = os.path.dirname(above.rstrip(os.sep))
+    if above and not os.path.isdir(above):
+        where = "is a file" if above == out else f"is inside {above}, which is a file"
+        raise RunError(f"--out {out} {where}; give a folder for the run (it receives checkpoint.npz, "
+                       f"eval.jsonl, curves.png and samples/)")
+    old = previous_run_files(out)
+    if old and not force:
+        what = "another run"
+        ckpt = os.path.join(out, fp.CHECKPOINT_NAME)
+        if os.path.isfile(ckpt):
+            try:
+                what += " (" + fp.describe_checkpoint(*fp.peek_checkpoint(ckpt)) + ")"
+            except fp.CheckpointError:
+                pass
+        raise RunError(f"{out} holds {what}; continue it with --resume {out}, choose another --out, "
+                       f"or add --force to replace it")
+    return old
+
+
+def clear_run_files(out, files):
+    """Remove an earlier run's files (check_run_folder) and say so."""
+    for path in files:
+        os.remove(path)
+    grids = sum(os.path.basename(os.path.dirname(f)) == "samples" for f in files)
+    names = [os.path.basename(f) for f in files if os.path.basename(os.path.dirname(f)) != "samples"]
+    names += [f"{grids} sample grid{'s' * (grids != 1)}"] if grids else []
+    print(f"--force: removed the earlier run's {', '.join(names)} from {out}")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -267,7 +420,25 @@ def format_eta(seconds):
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+class RecentRate:
+    """Steps per second over about the last ``window`` seconds, not since the start: the first
+    steps (kernel compilation, caches filling) and a slower or faster phase long past do not
+    skew it. update(step, now) -> the rate from the oldest point still needed to span the window."""
+
+    def __init__(self, step, now, window=60.0):
+        self.points, self.window = deque([(now, step)]), window
+
+    def update(self, step, now):
+        self.points.append((now, step))
+        while len(self.points) > 2 and now - self.points[1][0] >= self.window:
+            self.points.popleft()
+        t0, s0 = self.points[0]
+        return (step - s0) / max(now - t0, 1e-9)
+
+
 def progress_line(step, total, log, rate, config, scores=None):
+    """One progress line: the loss terms of this step, D's, the last evaluation against copying the
+    last input (its step in brackets), steps/s over the last minute and the time left."""
     terms = [f"lp {log['g_lp']:.4f}"]
     terms += [f"gdl {log['g_gdl']:.4f}"] if config["lam_gdl"] else []
     terms += [f"adv {log['g_adv']:.3f}"] if config["lam_adv"] else []
@@ -276,43 +447,53 @@ def progress_line(step, total, log, rate, config, scores=None):
         parts.append(f"D {log['d_loss']:.3f} acc real {log['d_acc_real']:.2f} fake {log['d_acc_fake']:.2f}")
     if scores:
         parts.append(f"held-out PSNR {scores['psnr'] - scores['psnr_last']:+.2f} dB, "
-                     f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying")
+                     f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying (eval step {scores['step']})")
     parts.append(f"{rate:.2f} steps/s, ETA {format_eta((total - step) / max(rate, 1e-9))}")
     return " | ".join(parts)
 
 
-def run(args):
+def set_up_run(args, given, ops):
+    """A new run or a resumed one -> (args, params, config, start step, data rng, Adam state or None)."""
+    if args.resume:
+        args, params, config, start, rng, saved_opt, applied = resume_run(args, given)
+        total = args.steps
+        print(f"resuming {args.out} at step {start} of {total}" + (f" (applied from this command line: {', '.join(applied)})" if applied else ""))
+        return args, params, config, start, rng, saved_opt
+    preset = choose_preset(args, ops)
+    try:
+        config = build_config(args, preset)
+    except ValueError as e:
+        raise RunError(str(e)) from e
+    resolve_training_flags(args, preset)
+    params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
+              fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
+    args.preset = preset
+    args.steps = args.steps if args.steps is not None else default_steps(preset, config)
+    return args, params, config, 0, np.random.default_rng(args.seed), None
+
+
+def run(args, given=frozenset()):
+    """Train (or time, --bench) as the flags say; returns the exit status. RunError for a problem
+    the user can fix. `given`: the flags written on the command line (given_flags)."""
+    if args.val and args.data:
+        raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
+    old_files = [] if args.resume or args.bench else check_run_folder(args.out, args.force)
     try:
         ops = load_backend(args.device)
     except BackendError as e:
         raise RunError(str(e)) from e
-    saved_opt = None
-    if args.resume:
-        args, params, config, start, rng, saved_opt = resume_run(args)
-        preset = args.preset or ("paper" if ops.name == "gpu" else "small")
-        print(f"resuming {args.out} at step {start}")
-    else:
-        preset = choose_preset(args, ops)
-        try:
-            config = build_config(args, preset)
-        except ValueError as e:
-            raise RunError(str(e)) from e
-        resolve_training_flags(args, preset)
-        params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
-                  fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
-        start, rng = 0, np.random.default_rng(args.seed)
-        args.preset = preset
-    total = args.steps if args.steps is not None else default_steps(preset, config)
-    args.steps = total
+    args, params, config, start, rng, saved_opt = set_up_run(args, given, ops)
+    total = args.steps
     resolve_warmup(args, config, total)
-    batch = args.batch or (8 if config["lam_adv"] else 4)
+    batch = args.batch = args.batch or (8 if config["lam_adv"] else 4)
     m, n = config["m"], config["n"]
-    if args.val and args.data:
-        raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
     try:
         source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
         test_source = source if args.data else data.open_source(None, seed=args.seed)
-        source.sample(1, m, n, config["patch"], np.random.default_rng(0))   # fails now, not mid-run
+        if args.data:
+            print(source.split_summary())
+        # the patches of the first sample grid, from their own rng (the run's is untouched); fails now, not mid-run
+        preview = source.sample(min(batch, 4), m, n, config["patch"], np.random.default_rng([args.seed, 7]))
         split = dict(split="val") if args.val else {}
         clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
     except data.DataError as e:
@@ -337,11 +518,41 @@ def run(args):
         import bench
         return bench.run_bench(ops, params, config, next_batch, args.bench)
 
-    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+    try:
+        os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot make the run folder {args.out}: {e.strerror or e}") from e
+    if old_files:
+        clear_run_files(args.out, old_files)
+    sums, count, scores = {}, 0, None      # loss terms summed since the last evaluation
+
+    def grid(step, X, Y):
+        path = os.path.join(args.out, "samples", f"step_{step:06d}.png")
+        save_sample_grid(path, ops, params, config, X, Y, title=f"{args.out}, step {step} of {total}")
+        return path
+
+    def evaluation(step):
+        nonlocal sums, count
+        scores = dict(evaluate(ops, params, config, clips), step=step)
+        means = {key: value / count for key, value in sums.items()}
+        sums, count = {}, 0
+        with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
+            f.write(json.dumps({**scores, **means}) + "\n")
+        draw_curves(args.out, config)
+        print(f"eval step {step}: PSNR {scores['psnr']:.2f} dB (last input {scores['psnr_last']:.2f}), "
+              f"sharpness {scores['sharp']:.2f} dB (last input {scores['sharp_last']:.2f})", flush=True)
+        return scores
+
     if start == 0:
         save_run(args.out, ops, params, config, 0, rng, args, opt)
-    step, last_saved, t0 = start, start, time.time()
-    sums, count, scores = {}, 0, None      # loss terms summed since the last evaluation
+        # Something to look at at once: the first training patches and the untrained G's guesses,
+        # and the held-out scores to beat (copying the last input), drawn without touching rng.
+        path = grid(0, *preview)
+        scores = evaluation(0)
+        print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
+              f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
+    step, last_saved, g_batch = start, start, None
+    meter = RecentRate(start, time.time())
     stop = {"now": False}
 
     def request_stop(signum, frame):
@@ -371,18 +582,10 @@ def run(args):
                 sums[key] = sums.get(key, 0.0) + value
             count += 1
             if step % args.log_every == 0 or step == total:
-                print(progress_line(step, total, log, (step - start) / (time.time() - t0), config, scores), flush=True)
+                print(progress_line(step, total, log, meter.update(step, time.time()), config, scores), flush=True)
             if step % args.eval_every == 0 or step == total:
-                X, Y = (ops.to_host(a) for a in g_batch)
-                save_sample_grid(os.path.join(args.out, "samples", f"step_{step:06d}.png"), ops, params, config, X, Y)
-                scores = evaluate(ops, params, config, clips)
-                means = {key: value / count for key, value in sums.items()}
-                sums, count = {}, 0
-                with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
-                    f.write(json.dumps({"step": step, **scores, **means}) + "\n")
-                draw_curves(args.out, config)
-                print(f"eval step {step}: PSNR {scores['psnr']:.2f} dB (last input {scores['psnr_last']:.2f}), "
-                      f"sharpness {scores['sharp']:.2f} dB (last input {scores['sharp_last']:.2f})", flush=True)
+                grid(step, *(ops.to_host(a) for a in g_batch))
+                scores = evaluation(step)
             if step % args.ckpt_every == 0 or step == total:
                 save_run(args.out, ops, params, config, step, rng, args, opt)
                 last_saved = step
@@ -394,7 +597,10 @@ def run(args):
         signal.signal(signal.SIGTERM, previous_handlers[1])
     if stop["now"]:
         save_run(args.out, ops, params, config, step, rng, args, opt)
-        print(f"\ninterrupted at step {step}: saved {args.out}/checkpoint.npz; "
+        shown = ""
+        if g_batch is not None and step % args.eval_every:
+            shown = f" and {grid(step, *(ops.to_host(a) for a in g_batch))}"
+        print(f"\ninterrupted at step {step}: saved {args.out}/checkpoint.npz{shown}; "
               f"`python train_min.py --resume {args.out}` continues", file=sys.stderr)
         return 130
     print(f"done: {args.out}/checkpoint.npz (step {step})")
@@ -402,12 +608,15 @@ def run(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except (RunError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = data.show_warning      # one line per warning, no source line
+        try:
+            return run(args, given_flags(parser, argv))
+        except (RunError, data.DataError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

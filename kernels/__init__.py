@@ -29,7 +29,8 @@ def load_backend(device="auto", verbose=True):
         if device == "gpu":
             raise BackendError(f"--device gpu: no usable GPU ({reason}). Install CuPy for your "
                                f"CUDA version (see README) or use --device cpu.") from e
-        if verbose:
-            print(f"device auto: no usable GPU ({reason}); running on the CPU", flush=True)
+        if verbose:   # information, not an error: the CPU is what auto means without a GPU
+            print(f"device auto: running on the CPU, as no GPU is usable here ({e}); "
+                  f"--device cpu skips this check", flush=True)
         from kernels import numpy_ops
         return numpy_ops

@@ -146,13 +146,13 @@ def test_train_bad_input_message(tmp_path, capsys, extra, message):
 def test_train_empty_and_corrupt_data_folder(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(tmp_path / "empty"))
-    assert code == 2 and "empty" in capsys.readouterr().err
+    assert code == 1 and "empty" in capsys.readouterr().err
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.mp4").write_bytes(b"not a video at all")
     code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(bad))
     err = capsys.readouterr().err
-    assert code == 2 and "broken.mp4" in err
+    assert code == 1 and "broken.mp4" in err
 
 
 def test_train_init_new_patch_gets_new_discriminator(tmp_path, capsys):
@@ -164,7 +164,7 @@ def test_train_init_new_patch_gets_new_discriminator(tmp_path, capsys):
     assert code == 0 and "loaded G; D is new (patch 32 -> 40" in text
     code, _ = run_cli(tmp_path, "--loss", "adv", "--steps", "1", "--m", "2",
                       "--init", os.path.join(first, "checkpoint.npz"), name="wrong")
-    assert code == 2 and "does not fit this run" in capsys.readouterr().err
+    assert code == 1 and "does not fit this run" in capsys.readouterr().err
 
 
 def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
@@ -186,8 +186,8 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
     import json
     with open(os.path.join(out, "eval.jsonl")) as f:
         records = [json.loads(line) for line in f]
-    assert [r["step"] for r in records] == [2, 4]
-    assert [r["g_lp"] for r in records] == [1.5, 4.0]
+    assert [r["step"] for r in records] == [0, 2, 4]          # step 0: the untrained model, no losses yet
+    assert "g_lp" not in records[0] and [r["g_lp"] for r in records[1:]] == [1.5, 4.0]
     assert all(np.isfinite(r["psnr"]) and np.isfinite(r["psnr_last"]) for r in records)
 
 
