@@ -499,7 +499,9 @@ def peek_checkpoint(path):
 def describe_checkpoint(config, state):
     """One line on what a checkpoint holds: its step, loss, data, patch, m and n."""
     args = (state or {}).get("args", {})
-    step = (f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")) if state else "no training state"
+    step = "no training state"
+    if state:
+        step = f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")
     data = f", trained on {args.get('data') or 'the synthetic videos'}" if state else ""
     return (f"{step}, loss {config.get('loss', '?')}{data}, patches of {config.get('patch')}x{config.get('patch')}, "
             f"m {config.get('m')} -> n {config.get('n')}")
@@ -688,11 +690,15 @@ def int_at_least(low):
 def run_command(parser, argv=None):
     """Parse argv and run the chosen subcommand's func(args) -> exit status; help and 2 without one.
     The command lines of framepred.py and metrics.py both end here."""
+    import warnings
+    from data import show_warning
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning        # one line per warning, no source line
+        return args.func(args)
 
 
 def main(argv=None):

@@ -891,8 +891,8 @@ def write_figures(out, rows, clips, masks, count):
         for row in rows:
             grid.append([row["preds"][0][i], row["preds"][1][i]])
         png = os.path.join(out, f"figure4_clip{i + 1}.png")
-        save_grid_png(png, grid, labels=labels, captions=captions,
-                      title=f"Clip {i + 1}: {T - 2} input frames, then each row's 1st and 2nd predicted frame (t+1, t+2)")
+        title = f"Clip {i + 1}: {T - 2} input frames, then each row's 1st and 2nd predicted frame (t+1, t+2)"
+        save_grid_png(png, grid, labels=labels, captions=captions, title=title)
         names = ["the clip (truth)"] + [row["name"] for row in rows]
         frames = [[f] * len(names) for f in inputs]
         frames += [[clips[i, T - 2 + k]] + [row["preds"][k][i] for row in rows] for k in range(2)]

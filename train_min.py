@@ -65,7 +65,8 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="Exit status: 0 done, 1 an error the "
                                 "message explains, 2 a bad command line, 3 a non-finite loss, 130 interrupted.")
     p.add_argument("--loss", choices=sorted(fp.LOSS_PRESETS), default="adv_gdl",
-                   help="loss preset, the rows of the paper's Table 2 (section 3): " + _loss_presets_text().replace("%", "%%")
+                   help="loss preset, the rows of the paper's Table 2 (section 3): "
+                        + _loss_presets_text().replace("%", "%%")
                         + ". The overrides below change one term (default: %(default)s)")
     p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
                    help="auto takes the GPU when CuPy sees one, else the CPU (default: %(default)s)")
@@ -121,7 +122,8 @@ def build_parser():
     p.add_argument("--eval-every", type=natural, default=200,
                    help="steps between held-out evaluations and sample grids (default: %(default)s)")
     p.add_argument("--ckpt-every", type=natural, default=200, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--eval-clips", type=natural, default=32, help="held-out clips per evaluation (default: %(default)s)")
+    p.add_argument("--eval-clips", type=natural, default=32,
+                   help="held-out clips per evaluation (default: %(default)s)")
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
                         "only --steps, --device, --log-every, --eval-every and --ckpt-every may change")
@@ -135,7 +137,7 @@ def build_parser():
 def given_flags(parser, argv=None):
     """The destinations of the flags written on the command line (as opposed to left at their defaults)."""
     unset = object()
-    names = {a.dest for a in parser._actions if a.dest != "help"}
+    names = set(vars(parser.parse_args([])))          # every destination, at its default
     ns = parser.parse_args(argv, namespace=argparse.Namespace(**{name: unset for name in names}))
     return {name for name in names if getattr(ns, name) is not unset}
 
@@ -245,7 +247,8 @@ def save_sample_grid(path, ops, params, config, X, Y, rows=4, title=None):
             f = side // preds[k].shape[2]
             cells.append(preds[k][r, :3].repeat(f, axis=1).repeat(f, axis=2))
         grid.append(cells)
-    coarse = {config["scales"][0]: ", coarsest", config["scales"][-1]: ", full size"} if len(config["scales"]) > 1 else {}
+    scales = config["scales"]
+    coarse = {scales[0]: ", coarsest", scales[-1]: ", full size"} if len(scales) > 1 else {}
     heads = ([f"input t-{m - 1 - t}" if t < m - 1 else "input t" for t in range(m)] + ["truth t+1"]
              + [f"G scale {k}\n{preds[k].shape[2]}x{preds[k].shape[3]}{coarse.get(k, '')}" for k in config["scales"]])
     subtitle = (f"rows: {len(grid)} training patches of {side}x{side}; G's prediction of t+1 at each scale, "
@@ -340,6 +343,8 @@ def resume_run(args, given=frozenset()):
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
         mine, theirs = getattr(args, dest), run_value(dest, saved, config)
+        if dest in ("data", "split_list") and mine is not None and theirs is not None:
+            mine, theirs = os.path.normpath(mine), os.path.normpath(theirs)
         if not _same(mine, theirs):
             differ.append(f"{flag_name(dest, mine)} {_show(mine)} (the run has {_show(theirs)})")
     if differ:
@@ -447,7 +452,8 @@ def progress_line(step, total, log, rate, config, scores=None):
         parts.append(f"D {log['d_loss']:.3f} acc real {log['d_acc_real']:.2f} fake {log['d_acc_fake']:.2f}")
     if scores:
         parts.append(f"held-out PSNR {scores['psnr'] - scores['psnr_last']:+.2f} dB, "
-                     f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying (eval step {scores['step']})")
+                     f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying "
+                     f"(eval step {scores['step']})")
     parts.append(f"{rate:.2f} steps/s, ETA {format_eta((total - step) / max(rate, 1e-9))}")
     return " | ".join(parts)
 
@@ -456,8 +462,8 @@ def set_up_run(args, given, ops):
     """A new run or a resumed one -> (args, params, config, start step, data rng, Adam state or None)."""
     if args.resume:
         args, params, config, start, rng, saved_opt, applied = resume_run(args, given)
-        total = args.steps
-        print(f"resuming {args.out} at step {start} of {total}" + (f" (applied from this command line: {', '.join(applied)})" if applied else ""))
+        print(f"resuming {args.out} at step {start} of {args.steps}"
+              + (f" (applied from this command line: {', '.join(applied)})" if applied else ""))
         return args, params, config, start, rng, saved_opt
     preset = choose_preset(args, ops)
     try:

@@ -46,7 +46,8 @@ def test_second_run_into_the_same_folder_is_refused_unless_forced(tmp_path, caps
     assert (out / "checkpoint.npz").read_bytes() == before          # nothing touched
     assert train(out, "--force", "--eval-every", "100") == 0
     text = capsys.readouterr().out
-    assert f"--force: removed the earlier run's checkpoint.npz, eval.jsonl, curves.png, 2 sample grids from {out}" in text
+    assert ("--force: removed the earlier run's checkpoint.npz, eval.jsonl, curves.png, 2 sample grids "
+            f"from {out}") in text
     assert step_of(out) == 2
     with open(out / "eval.jsonl") as f:
         assert [json.loads(line)["step"] for line in f] == [0, 2]      # the old run's records are gone
