@@ -3,8 +3,10 @@
 With no --data it trains on the built-in synthetic videos (data.SyntheticVideos). A run folder
 (--out) receives checkpoint.npz (atomically, every --ckpt-every steps, at the end and on Ctrl-C),
 eval.jsonl (held-out PSNR and sharpness of the model and of the last-input baseline) and
-samples/step_XXXXXX.png (inputs, truth, the prediction at every scale). `--resume DIR` continues
-a stopped run to its --steps with exactly the weights an uninterrupted run would have had.
+samples/step_XXXXXX.png (inputs, truth, the prediction at every scale; at step 0, at every
+evaluation and on Ctrl-C). A new run refuses a folder that holds another run unless --force.
+`--resume RUN` (a run folder or its checkpoint.npz) continues a stopped run to its --steps with
+exactly the weights an uninterrupted run would have had, refusing flags that differ from the run's.
 """
 import argparse
 import json

@@ -418,6 +418,20 @@ def test_grid_png_labels_and_large_images(tmp_path):
     assert (a[:, : labelled[0] - plain[0]] < 128).any()  # some dark text pixels in the label column
 
 
+def test_grid_png_title_and_captions_above_a_row(tmp_path):
+    img = rand_images((3, 32, 32), 26)
+    plain = save_grid_png(tmp_path / "a.png", [[img, img], [img]])
+    titled = save_grid_png(tmp_path / "b.png", [[img, img], [img]], title="Clip 1")
+    size = save_grid_png(tmp_path / "c.png", [[img, img], [img]], title="Clip 1", captions=[None, ["t+1"]])
+    title_h, caption_h = titled[1] - plain[1], size[1] - titled[1]
+    assert size[0] == plain[0] and title_h > 0 and caption_h > 0
+    with Image.open(tmp_path / "c.png") as im:
+        a = np.asarray(im.convert("RGB"))
+    assert (a[:title_h] < 128).any()                         # the title's text
+    band = a[title_h + 4 + 96 + 4:title_h + 4 + 96 + 4 + caption_h]   # between row 1 and row 2
+    assert (band[:, 4:100] < 128).any() and not (band[:, 104:200] < 128).any()   # over row 2's only cell
+
+
 def test_grid_to_uint8_scale():
     x = np.array([-1.0, 0.0, 1.0, 2.0])[None, None].repeat(3, axis=0)
     np.testing.assert_array_equal(image_to_uint8(x)[0, :, 0], [0, 128, 255, 255])
