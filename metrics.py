@@ -181,7 +181,7 @@ def ssim_authors(pred, target):
     """SSIM as the authors' test script computes it (image_error_measures.lua, SSIM).
 
     Same window (11x11 Gaussian, sigma 1.5, sum 1) and constants K1 = 0.01, K2 = 0.03 as ``ssim``;
-    it differs in three ways:
+    it differs in these ways:
     - luminance only: Y = 0.299 R + 0.587 G + 0.114 B of each image;
     - on 0..255 ((Y + 1) / 2 * 255, L = 255): the contrast and structure terms are the same as on
       [-1, 1] with L = 2, but the luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) is not
@@ -422,7 +422,7 @@ def flow_colour_mask(flow, fraction=AUTHORS_FLOW_FRACTION):
     entry, and every blend of two neighbouring entries, has a channel at 0, so the smallest channel
     is 1 - r (quantised as floor(255 (1 - r)) / 255, which is < 0.2 exactly when 1 - r < 0.2). So
     "a channel below 0.2" is "r > 0.8": a threshold relative to each image's fastest motion, not a
-    fixed number of pixels. Our reading: the script does not show the png conversion, and a
+    fixed flow magnitude in pixels. Our reading: the script does not show the png conversion, and a
     conversion with a fixed maximum flow would make the threshold absolute. An image without motion
     (max 0) has no moving pixel."""
     mag = np.hypot(flow[:, 0], flow[:, 1])[:, None]
