@@ -252,6 +252,21 @@ def test_flow_colour_mask_is_the_colour_image_below_point_two():
     assert not flow_colour_mask(np.zeros((1, 2, 4, 4))).any()
 
 
+def test_moving_masks_authors_take_one_flow_per_frame_pair():
+    from metrics import motion_mask_authors, moving_masks_authors
+    from data import open_source
+    clips = open_source(None).test_clips(3, 6, (32, 32))
+    truth = moving_masks_authors(clips, "truth")
+    np.testing.assert_array_equal(truth[0], motion_mask_authors(clips[:, 3], clips[:, 4]))
+    np.testing.assert_array_equal(truth[1], motion_mask_authors(clips[:, 4], clips[:, 5]))
+    inputs = moving_masks_authors(clips, "inputs", chunk=2)        # chunks give the same masks
+    np.testing.assert_array_equal(inputs[0], motion_mask_authors(clips[:, 2], clips[:, 3]))
+    np.testing.assert_array_equal(inputs[1], inputs[0])
+    assert all(0 < m.mean() < 0.5 for m in truth + inputs)
+    with pytest.raises(ValueError, match="mask pair"):
+        moving_masks_authors(clips, "both")
+
+
 # ----------------------------------------------------------------------------- the 50 dB drop
 
 def test_authors_drop_clips_at_50_db_and_count_them():
