@@ -94,6 +94,21 @@ def _filter_sep(x, k, same=False):
     return sum(k[i] * rows[..., :, i:i + w] for i in range(len(k)))
 
 
+# The authors' released test script (coupriec/VideoPredictionICLR2016: image_error_measures.lua and
+# test-frame-prediction-on-ucf-rec_gdl.lua), read for `metrics.py evaluate --protocol authors`. Our own
+# code; each *_authors function below sits next to the formula the paper prints and says where it differs.
+AUTHORS_SCALE = 128.0     # the script's factor from [-1, 1] to 0..255 differences (exactly it is 127.5)
+AUTHORS_PEAK = 255.0      # "max" in the script's dB formulas
+AUTHORS_EPS = 1e-4        # the script floors the (scaled) error at this before taking the dB
+AUTHORS_DROP_DB = 50.0    # moving areas: a frame whose masked PSNR is >= this is left out of the means
+AUTHORS_FILL = -1.0       # moving areas: still pixels of prediction and target are set to this
+
+
+def _db_authors(error):
+    """The script's 10 log10(255^2 / error), the error floored at AUTHORS_EPS (so at most 88.13 dB)."""
+    return 10.0 * np.log10(AUTHORS_PEAK ** 2 / np.maximum(error, AUTHORS_EPS))
+
+
 # ----------------------------------------------------------------------------- metrics
 
 def psnr(pred, target, mask=None, peak=PEAK):
@@ -105,6 +120,21 @@ def psnr(pred, target, mask=None, peak=PEAK):
     """
     pred, target = _pair(pred, target)
     return _db(peak, _masked_mean((target - pred) ** 2, _as_mask(mask, pred.shape)))
+
+
+def psnr_authors(pred, target):
+    """PSNR as the authors' test script computes it (image_error_measures.lua, PSNR).
+
+    Differs from ``psnr`` only in the scale: the mean squared difference on [-1, 1] is multiplied by
+    128^2 (not 127.5^2) to stand for 0..255, and floored at 1e-4 (identical images: 88.13 dB, not inf):
+    PSNR_authors = 10 log10(255^2 / max(128^2 mean (Y - Y_hat)^2, 1e-4)), i.e. psnr(peak=2) minus
+    20 log10(128 / 127.5) = 0.034 dB wherever the floor is not reached. No mask argument: the script
+    masks by filling the still pixels (``fill_still_authors``) and averages over the whole image.
+    pred, target: (N, C, H, W) on [-1, 1]. Returns (N,) float64 in dB.
+    """
+    pred, target = _pair(pred, target)
+    mse = ((target - pred) ** 2).reshape(len(pred), -1).mean(axis=1)
+    return _db_authors(AUTHORS_SCALE ** 2 * mse)
 
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
@@ -138,6 +168,43 @@ def ssim(pred, target, mask=None, peak=PEAK):
     return _masked_mean(smap, None if m is None else m[..., r:h - r, r:w - r])
 
 
+def _luma(images):
+    """(N, 3, H, W) -> (N, 1, H, W): Y = 0.299 R + 0.587 G + 0.114 B (torch image.rgb2y); (N, 1, H, W) as is."""
+    if images.shape[1] == 1:
+        return images
+    if images.shape[1] != 3:
+        raise ValueError(f"expected RGB (N, 3, H, W) or grey (N, 1, H, W) images, got {images.shape}")
+    return 0.299 * images[:, 0:1] + 0.587 * images[:, 1:2] + 0.114 * images[:, 2:3]
+
+
+def ssim_authors(pred, target):
+    """SSIM as the authors' test script computes it (image_error_measures.lua, SSIM).
+
+    Same window (11x11 Gaussian, sigma 1.5, sum 1) and constants K1 = 0.01, K2 = 0.03 as ``ssim``;
+    it differs in these ways:
+    - luminance only: Y = 0.299 R + 0.587 G + 0.114 B of each image;
+    - on 0..255 ((Y + 1) / 2 * 255, L = 255): the contrast and structure terms are the same as on
+      [-1, 1] with L = 2, but the luminance term (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1) is not
+      invariant to that offset (``ssim`` on [-1, 1] can even make it negative);
+    - 'full' filtering (the script's image.convolve(..., 'full')): the images are zero-padded by 10
+      pixels (0 on 0..255, i.e. black) and the map is (H + 10) x (W + 10), border windows included;
+    - the plain mean of that map (no mask: the still pixels were filled with -1 beforehand, where
+      the map is 1 once a window holds only filled pixels).
+    pred, target: (N, 3, H, W) RGB or (N, 1, H, W), on [-1, 1]. Returns (N,) float64.
+    """
+    pred, target = _pair(pred, target)
+    x, y = [(_luma(z)[:, 0] + 1.0) * (AUTHORS_PEAK / 2.0) for z in (pred, target)]
+    c1, c2 = (SSIM_K1 * AUTHORS_PEAK) ** 2, (SSIM_K2 * AUTHORS_PEAK) ** 2
+    k = _gaussian_kernel(SSIM_SIGMA, SSIM_WINDOW // 2)
+    r = SSIM_WINDOW - 1
+    full = [(0, 0), (0, 0), (r, r), (r, r)]  # 'valid' filtering of the zero-padded images = 'full'
+    mom = _filter_sep(np.pad(np.stack([x, y, x * x, y * y, x * y]), full), k)
+    mx, my = mom[0], mom[1]
+    vx, vy, cxy = mom[2] - mx * mx, mom[3] - my * my, mom[4] - mx * my
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return smap.reshape(len(smap), -1).mean(axis=1)
+
+
 def sharpness_difference(pred, target, mask=None, peak=PEAK):
     """Sharpness difference of paper section 4.2 / SPEC "Evaluation".
 
@@ -158,6 +225,46 @@ def sharpness_difference(pred, target, mask=None, peak=PEAK):
     m = _as_mask(mask, pred.shape)
     err = np.abs(grad_sum(target) - grad_sum(pred))
     return _db(peak, _masked_mean(err, None if m is None else m[..., 1:, 1:]))
+
+
+def sharpness_difference_authors(pred, target):
+    """Sharpness difference as the authors' test script computes it (image_error_measures.lua,
+    computel1difference).
+
+    Differs from ``sharpness_difference`` in:
+    - the error per pixel: |grad_i Y - grad_i Y_hat| + |grad_j Y - grad_j Y_hat| (each gradient
+      compared on its own), where the paper prints |(grad_i Y + grad_j Y) - (grad_i Y_hat +
+      grad_j Y_hat)|; by the triangle inequality it is never smaller at any pixel;
+    - the region: rows and columns 1 .. H-2 / 1 .. W-2 (0-based; the last row and column are left out
+      too), but the sum is divided by C * H * W, the whole image's size;
+    - the scale: the mean is multiplied by 128^2, the squared-error factor of ``psnr_authors``, though
+      these are absolute differences; 10 log10(255^2 / (128^2 e)) is 10 log10(3.97 / e), about the
+      paper's formula on [-1, 1] with peak 2 (on a true 0..255 scale it would be 21 dB higher);
+    - the error is floored at 1e-4 (at most 88.13 dB), as in ``psnr_authors``.
+    All channels are used (no luminance conversion). pred, target: (N, C, H, W) on [-1, 1],
+    H, W >= 3. Returns (N,) float64 in dB.
+    """
+    pred, target = _pair(pred, target)
+    n, c, h, w = pred.shape
+
+    def grads(y):  # |Y[i, j] - Y[i, j-1]| and |Y[i, j] - Y[i-1, j]| on rows, columns 1 .. -2
+        core = y[..., 1:-1, 1:-1]
+        return np.abs(core - y[..., 1:-1, :-2]), np.abs(core - y[..., :-2, 1:-1])
+
+    (pj, pi), (tj, ti) = grads(pred), grads(target)
+    total = (np.abs(pj - tj) + np.abs(pi - ti)).reshape(n, -1).sum(axis=1)
+    return _db_authors(AUTHORS_SCALE ** 2 * total / (c * h * w))
+
+
+def fill_still_authors(pred, target, mask, fill=AUTHORS_FILL):
+    """The authors' way to score moving areas: still pixels (mask 0) of both prediction and target,
+    in every channel, are set to ``fill`` (-1, black), and the whole images are then scored, so the
+    means run over the whole image, filled pixels included (which raises PSNR), not over the moving
+    pixels (``psnr(..., mask)``). pred, target: (N, C, H, W); mask: (N, 1, H, W) or (N, H, W).
+    Returns the filled (pred, target), float64."""
+    pred, target = _pair(pred, target)
+    keep = _as_mask(mask, pred.shape) > 0
+    return np.where(keep, pred, fill), np.where(keep, target, fill)
 
 
 # ----------------------------------------------------------------------------- optical flow
@@ -288,6 +395,7 @@ def optical_flow(frame0, frame1, levels=4, iterations=6, window_sigma=2.0, presm
 
 
 MOTION_THRESHOLD = 0.5  # px; the paper thresholds EpicFlow (section 4.2, footnote 2)
+AUTHORS_FLOW_FRACTION = 0.8  # the authors' rule, read off their flow colour coding (flow_colour_mask)
 
 
 def motion_mask(frame_prev, frame_last, threshold=MOTION_THRESHOLD, **flow_kwargs):
@@ -301,6 +409,32 @@ def motion_mask(frame_prev, frame_last, threshold=MOTION_THRESHOLD, **flow_kwarg
     """
     flow = optical_flow(frame_last, frame_prev, **flow_kwargs)
     return np.hypot(flow[:, 0], flow[:, 1])[:, None] > threshold
+
+
+def flow_colour_mask(flow, fraction=AUTHORS_FLOW_FRACTION):
+    """The authors' moving-pixel rule on a flow field (N, 2, H, W): (N, 1, H, W) bool, set where
+    |flow| > fraction * (the largest |flow| of that image).
+
+    The script marks a pixel moving where a channel of the colour-coded flow image is below 0.2
+    (paper footnote 2: EpicFlow's .flo turned into a png by the Middlebury Matlab code). That code
+    (flowToColor / computeColor) divides the flow by the image's largest magnitude, so r = |flow| /
+    max|flow| <= 1, and blends a colour-wheel entry towards white as 1 - r (1 - colour); every wheel
+    entry, and every blend of two neighbouring entries, has a channel at 0, so the smallest channel
+    is 1 - r (quantised as floor(255 (1 - r)) / 255, which is < 0.2 exactly when 1 - r < 0.2). So
+    "a channel below 0.2" is "r > 0.8": a threshold relative to each image's fastest motion, not a
+    fixed flow magnitude in pixels. Our reading: the script does not show the png conversion, and a
+    conversion with a fixed maximum flow would make the threshold absolute. An image without motion
+    (max 0) has no moving pixel."""
+    mag = np.hypot(flow[:, 0], flow[:, 1])[:, None]
+    top = mag.reshape(len(mag), -1).max(axis=1) if mag.size else np.zeros(len(mag))
+    return mag > fraction * top[:, None, None, None]
+
+
+def motion_mask_authors(frame_a, frame_b, fraction=AUTHORS_FLOW_FRACTION, **flow_kwargs):
+    """Moving area of the pair a -> b by the authors' rule (``flow_colour_mask``), our Lucas-Kanade
+    standing in for EpicFlow: flow_colour_mask(optical_flow(a, b)), on a's grid (EpicFlow gives
+    the flow of its first image). frame_a, frame_b: (N, 3, H, W). Returns (N, 1, H, W) bool."""
+    return flow_colour_mask(optical_flow(frame_a, frame_b, **flow_kwargs), fraction)
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -653,6 +787,10 @@ def save_curves_png(path, records, title=None, size=(900, 900)):
 #   unmasked pixels of prediction and target to -1 and scored the whole images, and dropped images
 #   whose masked PSNR was 50 dB or more; here every clip counts, a clip without moving pixels
 #   is left out of the moving-area means (the table says how many clips had some).
+# - `--protocol authors` scores as that script does instead (psnr_authors, ssim_authors,
+#   sharpness_difference_authors, fill_still_authors, flow_colour_mask; the section "Two ways to score"
+#   of README.md). Where the script leaves a choice open (which frame pair a flow png holds, how
+#   the .flo was coloured), the functions' docstrings say what we read.
 
 SCORES = ("psnr", "ssim", "sharp")
 SCORE_TITLES = {"psnr": "PSNR", "ssim": "SSIM", "sharp": "Sharp. diff."}
@@ -690,14 +828,59 @@ def moving_masks(clips, pair="truth", threshold=MOTION_THRESHOLD):
     raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
 
 
+def moving_masks_authors(clips, pair="truth", fraction=AUTHORS_FLOW_FRACTION, chunk=16):
+    """moving_masks by the authors' rule: the mask of predicted frame t+k is motion_mask_authors of
+    the same frame pair as moving_masks uses ("truth": (t+k-1, t+k); "inputs": (t-1, t) for both),
+    on the grid of the pair's first frame (one flow image, as the script loads one per frame)."""
+    T = clips.shape[1]
+    pairs = {"truth": [(T - 3, T - 2), (T - 2, T - 1)], "inputs": [(T - 4, T - 3)] * 2}
+    if pair not in pairs:
+        raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
+
+    def one(a, b):
+        parts = [motion_mask_authors(clips[s:s + chunk, a], clips[s:s + chunk, b], fraction)
+                 for s in range(0, len(clips), chunk)]
+        return np.concatenate(parts) if parts else np.zeros((0, 1) + tuple(clips.shape[-2:]), bool)
+    masks = {p: one(*p) for p in set(pairs[pair])}
+    return [masks[p] for p in pairs[pair]]
+
+
 def score_frame(pred, target, mask):
-    """{(region, score): (N,) per-clip values} for one predicted frame, whole and masked."""
+    """{(region, score): (N,) per-clip values} for one predicted frame, whole and masked
+    (--protocol paper: the formulas as printed, a masked mean over the moving pixels only)."""
     out = {}
     for region, m in (("whole", None), ("moving", mask)):
         out[region, "psnr"] = psnr(pred, target, m)
         out[region, "ssim"] = ssim(pred, target, m)
         out[region, "sharp"] = sharpness_difference(pred, target, m)
     return out
+
+
+def score_frame_authors(pred, target, mask, drop_db=AUTHORS_DROP_DB):
+    """score_frame as the authors' test script scores (--protocol authors): whole frames with the
+    *_authors metrics; moving areas on the whole images after fill_still_authors, a clip whose
+    moving-area PSNR is >= drop_db (50) losing all three of its moving-area scores (NaN: left out
+    of the means and counted by ``dropped_counts``). A clip without moving pixels scores 88.13 dB
+    there and so is dropped too. The whole-frame scores drop nothing (the script's run without
+    flow images)."""
+    out = {}
+    for region, (p, t) in (("whole", (pred, target)), ("moving", fill_still_authors(pred, target, mask))):
+        out[region, "psnr"] = psnr_authors(p, t)
+        out[region, "ssim"] = ssim_authors(p, t)
+        out[region, "sharp"] = sharpness_difference_authors(p, t)
+    keep = out["moving", "psnr"] < drop_db
+    for score in SCORES:
+        out["moving", score] = np.where(keep, out["moving", score], np.nan)
+    return out
+
+
+PROTOCOLS = {"paper": score_frame, "authors": score_frame_authors}
+
+
+def dropped_counts(row):
+    """Per predicted frame, the number of clips whose moving-area PSNR is NaN in a scored row: under
+    --protocol authors the clips dropped at >= 50 dB; under paper those without moving pixels."""
+    return [int(np.sum(np.isnan(row["scores"]["moving", frame, "psnr"]))) for frame in FRAMES]
 
 
 def model_name(path, config):
@@ -762,8 +945,9 @@ def baseline_predictions(clips, name):
     return out[:, :3].astype(np.float32), out[:, 3:6].astype(np.float32)
 
 
-def evaluate_all(ops, models, clips, masks, batch=4, progress=None):
-    """Score every model and both baselines on clips (N, T, 3, H, W) with masks [mask_1st, mask_2nd].
+def evaluate_all(ops, models, clips, masks, batch=4, progress=None, scorer=score_frame):
+    """Score every model and both baselines on clips (N, T, 3, H, W) with masks [mask_1st, mask_2nd];
+    scorer: score_frame (--protocol paper) or score_frame_authors (see PROTOCOLS).
 
     Returns rows: [{name, checkpoint, m, n, second, preds: (pred_1st, pred_2nd),
     scores: {(region, frame, score): (N,) per clip}}], the models first, then the baselines."""
@@ -783,7 +967,7 @@ def evaluate_all(ops, models, clips, masks, batch=4, progress=None):
                        second="copy" if name == "Last input" else "flow applied twice")
         row["preds"], row["scores"] = preds, {}
         for k, frame in enumerate(FRAMES):
-            for (region, score), values in score_frame(preds[k], targets[k], masks[k]).items():
+            for (region, score), values in scorer(preds[k], targets[k], masks[k]).items():
                 row["scores"][region, frame, score] = values
         rows.append(row)
         if progress:
@@ -927,6 +1111,25 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
     return clips, f"{what}: {len(clips)} clips of {length} frames at {clips.shape[3]}x{clips.shape[4]} (HxW)"
 
 
+def protocol_notes(protocol, rows, count):
+    """Lines that say which protocol scored the table: [title, how it scores, then (authors) the clips
+    each row dropped]. The first line heads the printed table and the notes of table.md."""
+    if protocol == "authors":
+        lines = ["Protocol: authors (scored as the authors' released test script does; "
+                 "`metrics.py evaluate --protocol authors`)",
+                 "Scores as in the authors' test script: [-1, 1] differences times 128 for 0..255, peak 255, "
+                 "errors floored at 1e-4; SSIM on the luminance, 0..255, 'full' (zero-padded) 11x11 "
+                 "Gaussian window; Sharp. diff. |d grad_i| + |d grad_j|. Moving areas: still pixels set to -1 "
+                 "in prediction and target, then the whole images scored; a clip whose moving-area PSNR "
+                 "is >= 50 dB is dropped from that row's moving-area means."]
+        lines += [f"Dropped (moving-area PSNR >= {AUTHORS_DROP_DB:g} dB), 1st / 2nd frame, of {count} clips: "
+                  + "; ".join(f"{row['name']} {a} / {b}" for row in rows for a, b in [dropped_counts(row)])]
+        return lines
+    return ["Protocol: paper (the formulas as the paper prints them; `metrics.py evaluate --protocol paper`)",
+            "Scores on the [-1, 1] scale, peak 2; means over clips. PSNR and Sharp. diff. in dB, "
+            "SSIM 11x11 Gaussian window (sigma 1.5), RGB; moving areas: means over the moving pixels only."]
+
+
 def evaluate(args):
     """Handler of ``metrics.py evaluate``; returns the exit status (see build_parser)."""
     from data import DataError
@@ -952,24 +1155,34 @@ def evaluate(args):
         ops = load_backend(args.device)
         os.makedirs(args.out, exist_ok=True)
         t0 = time.time()
-        masks = moving_masks(clips, args.mask_pair, args.motion_threshold)
+        if args.protocol == "authors":
+            masks = moving_masks_authors(clips, args.mask_pair)
+            rule = f"flow > {AUTHORS_FLOW_FRACTION} x the frame's largest flow"
+        else:
+            masks = moving_masks(clips, args.mask_pair, args.motion_threshold)
+            rule = f"flow > {args.motion_threshold} px"
         moving = [int(np.sum(mk.reshape(len(mk), -1).any(axis=1))) for mk in masks]
         frac = [float(mk.mean()) for mk in masks]
-        progress(f"moving-area masks ({args.mask_pair} pair, flow > {args.motion_threshold} px): "
+        progress(f"moving-area masks ({args.mask_pair} pair, {rule}): "
                  f"{100 * frac[0]:.1f}% / {100 * frac[1]:.1f}% of the pixels, {time.time() - t0:.1f} s")
-        rows = evaluate_all(ops, models, clips, masks, args.batch, progress)
+        rows = evaluate_all(ops, models, clips, masks, args.batch, progress, scorer=PROTOCOLS[args.protocol])
     except (CheckpointError, DataError, BackendError, EvaluationError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     means = summarise(rows)
     pair_text = ("the ground-truth pair (t+k-1, t+k) for predicted frame t+k" if args.mask_pair == "truth"
                  else "the last two input frames (t-1, t), for both predicted frames")
-    notes = [
+    protocol_lines = protocol_notes(args.protocol, rows, len(clips))
+    if args.protocol == "authors":
+        mask_text = (f"Moving areas: optical-flow magnitude above {AUTHORS_FLOW_FRACTION} x the largest in "
+                     f"the frame (the authors' colour-coded flow image below 0.2 in a channel), on the first "
+                     f"frame of {pair_text}")
+    else:
+        mask_text = f"Moving areas: optical-flow magnitude above {args.motion_threshold} px on either frame of {pair_text}"
+    notes = protocol_lines[:1] + [
         f"Test set: {described}.",
-        f"Scores on the [-1, 1] scale, peak 2; means over clips. PSNR and Sharp. diff. in dB, "
-        f"SSIM 11x11 Gaussian window (sigma 1.5).",
-        f"Moving areas: optical-flow magnitude above {args.motion_threshold} px on either frame of "
-        f"{pair_text}; pyramidal Lucas-Kanade flow (metrics.optical_flow), where the paper used "
+    ] + protocol_lines[1:] + [
+        f"{mask_text}; pyramidal Lucas-Kanade flow (metrics.optical_flow), where the paper used "
         f"EpicFlow. Clips with moving pixels: {moving[0]} (1st frame), {moving[1]} (2nd frame) of "
         f"{len(clips)}; {100 * frac[0]:.1f}% / {100 * frac[1]:.1f}% of all pixels.",
         "2nd frame: 'recursive' = the 1st prediction fed back as the newest input frame (paper); "
@@ -983,7 +1196,7 @@ def evaluate(args):
                      "each row of the table (1st, 2nd predicted frame); clip{i}.gif panels, left to right: "
                      "ground truth, " + ", ".join(row["name"] for row in rows) + ".")
     text = format_text_table(rows, means)
-    print(text)
+    print("\n".join(protocol_lines[:1] + [""] + [text] + protocol_lines[2:]))
     try:
         with open(os.path.join(args.out, "table.md"), "w", encoding="utf-8") as fh:
             fh.write(format_markdown(rows, means, notes))
@@ -1041,7 +1254,13 @@ def build_parser():
                         "predicted frame t+k (our reading of the authors' test script); 'inputs' = the last two "
                         "input frames (default %(default)s)")
     p.add_argument("--motion-threshold", type=float, default=MOTION_THRESHOLD, metavar="PX",
-                   help="flow magnitude (pixels) above which a pixel is moving (default %(default)s)")
+                   help="flow magnitude (pixels) above which a pixel is moving (default %(default)s; "
+                        "--protocol paper)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",
+                   help="paper: the formulas as the paper prints them (masked means over the moving pixels); "
+                        "authors: as the authors' released test script scores (still pixels set to -1 and "
+                        "whole images scored, clips >= 50 dB dropped, SSIM on luminance, moving pixels above "
+                        "0.8 x the frame's largest flow); see README 'Two ways to score' (default %(default)s)")
     p.set_defaults(func=evaluate)
     return parser
 
