@@ -264,7 +264,8 @@ def receptive_radius(config):
     by its kernel's half-width, in pixels of scale k, i.e. 2^(4-k) full-size pixels; the averaging
     d_k and the nearest upscaling u_k of eq. 1 neither widen nor narrow it when the tile's origin
     is a multiple of 8 (a block of scale k-1 is exactly two pixels of scale k). Table 1 gives
-    8 (3+3+3+3)/2 + 4 (5+3+3+5)/2 ... = 8*4 + 4*6 + 2*8 + 1*14 = 86 px for the four scales."""
+    8 (1+1+1+1) + 4 (2+1+1+2) + 2 (2+1+1+1+1+2) + (3+2+2+2+2+3) = 32 + 24 + 16 + 14 = 86 px.
+    tests/test_tiles.py checks it against how far NaN inputs spread through G."""
     return sum(scale_factor(k) * sum(ks // 2 for ks in kernels)
                for k, kernels in zip(config["scales"], config["g_kernels"]))
 
