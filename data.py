@@ -499,7 +499,7 @@ class VideoFolder:
                           f"{count} asked for", DataWarning, stacklevel=2)
         if size is None:
             min_hw = (min(c.shape[1] for c in clips) // 8 * 8, min(c.shape[2] for c in clips) // 8 * 8)
-        return np.stack([to_unit(center_crop(c.transpose(0, 3, 1, 2), *min_hw)) for c in clips])
+        return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
 
 
 def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024):
