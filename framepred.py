@@ -777,8 +777,8 @@ def build_parser():
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
     p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
     p.add_argument("--memory", type=positive_float, default=DEFAULT_TILE_MEMORY / 2 ** 20, metavar="MIB",
-                   help="memory for one pass of G, in MiB: larger frames run in more tiles, "
-                        "never in more memory (default %(default)g)")
+                   help="budget for one pass of G, in MiB (the frames themselves come on top): a larger "
+                        "frame runs in more tiles, not in more memory (default %(default)g)")
     p.set_defaults(func=predict)
     return parser
 
