@@ -11,7 +11,7 @@ import os
 import re
 import sys
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 
 import numpy as np
@@ -106,10 +106,13 @@ def _split_xy(clips, m):
 
 
 # ----------------------------------------------------------------------------- reading
-def read_frames(path):
+def read_frames(path, last=None):
     """Decode a video file (.mp4 .avi .mkv .mov .webm, via imageio's ffmpeg plugin) or a folder of
     .png/.jpg/.jpeg frames (sorted by natural order: 2.png before 10.png) into uint8 (T, H, W, 3).
-    Raises DataError naming the file when it is missing, unreadable, corrupt or empty."""
+    last: keep only the last `last` frames (T <= last): a folder's other images are not opened,
+    a video's earlier frames are decoded (ffmpeg reads a stream in order) but not kept, so memory
+    holds `last` frames whatever the length. Raises DataError naming the file when it is missing,
+    unreadable, corrupt or empty."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"video does not exist: {p}")
@@ -118,6 +121,8 @@ def read_frames(path):
                        key=lambda f: _natural_key(f.name))
         if not files:
             raise DataError(f"no {'/'.join(IMAGE_EXTS)} frames in folder {p}")
+        if last is not None:
+            files = files[-int(last):]
         from PIL import Image
         frames = []
         for f in files:
@@ -133,15 +138,16 @@ def read_frames(path):
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
     import imageio.v2 as iio
-    frames = []
+    frames, decoded = ([] if last is None else deque(maxlen=int(last))), 0
     try:
         with iio.get_reader(str(p), format="FFMPEG") as reader:
             for frame in reader:
                 frames.append(_rgb(frame))
+                decoded += 1
     except Exception as e:  # ffmpeg's errors come as OSError, RuntimeError, IndexError...
         if not frames:
             raise DataError(f"cannot decode video {p}: {_brief(e)}") from e
-        warnings.warn(f"video {p} is truncated after {len(frames)} frames ({_brief(e)})", DataWarning)
+        warnings.warn(f"video {p} is truncated after {decoded} frames ({_brief(e)})", DataWarning)
     if not frames:
         raise DataError(f"video {p} has no frames")
     return np.stack(frames)
@@ -514,7 +520,7 @@ class VideoFolder:
                           f"{count} asked for", DataWarning, stacklevel=2)
         if size is None:
             min_hw = (min(c.shape[1] for c in clips) // 8 * 8, min(c.shape[2] for c in clips) // 8 * 8)
-        return np.stack([to_unit(center_crop(c.transpose(0, 3, 1, 2), *min_hw)) for c in clips])
+        return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
 
 
 def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024):

@@ -909,17 +909,17 @@ def second_frame_rule(config):
     return "recursive" if config["n"] == 1 else f"direct (output 2 of {config['n']})"
 
 
-def model_predictions(ops, model, clips, batch=4):
+def model_predictions(ops, model, clips, batch=4, memory=framepred.DEFAULT_TILE_MEMORY):
     """The 1st and 2nd predicted frames of one model for clips (N, T, 3, H, W): two float32
-    (N, 3, H, W) arrays. The model gets frames [T-2-m, T-2) of each clip (its own last m)."""
+    (N, 3, H, W) arrays. The model gets frames [T-2-m, T-2) of each clip (its own last m).
+    G runs on batches of clips in tiles (framepred.predict_tiled) within memory bytes."""
     config = model["config"]
-    m, n, top = config["m"], config["n"], config["scales"][-1]
-    params = {key: ops.asarray(value) for key, value in model["params"].items()}
+    m, n = config["m"], config["n"]
+    params = {key: ops.asarray(value) for key, value in model["params"].items() if key.startswith("G/")}
     T = clips.shape[1]
 
     def run(X):
-        preds, _ = framepred.generator_forward(ops, params, config, ops.asarray(X, dtype=np.float32))
-        return ops.to_host(preds[top]).astype(np.float32)
+        return framepred.predict_tiled(ops, params, config, X.astype(np.float32, copy=False), memory)
 
     first, second = [], []
     for s in range(0, len(clips), batch):

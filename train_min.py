@@ -219,17 +219,15 @@ def init_from_checkpoint(path, config, seed):
 
 
 # ----------------------------------------------------------------------------- evaluation and pictures
-def evaluate(ops, params, config, clips):
+def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
     """Held-out clips (count, m+1, 3, H, W) -> PSNR and sharpness difference of the model's first
-    predicted frame and of the last-input baseline (SPEC "Evaluation"), averaged over the clips."""
+    predicted frame and of the last-input baseline (SPEC "Evaluation"), averaged over the clips.
+    G runs on 8 clips at a time, in tiles within memory bytes (fp.predict_tiled): whole frames of
+    any size."""
     m = config["m"]
-    X = data.stack_frames(clips[:, :m])
     Y = clips[:, m]
-    preds = []
-    for i in range(0, len(X), 8):
-        out, _ = fp.generator_forward(ops, params, config, ops.asarray(X[i:i + 8]))
-        preds.append(ops.to_host(out[config["scales"][-1]])[:, :3])
-    pred = np.concatenate(preds)
+    pred = np.concatenate([fp.predict_tiled(ops, params, config, data.stack_frames(clips[i:i + 8, :m]), memory)[:, :3]
+                           for i in range(0, len(clips), 8)])
     last = clips[:, m - 1]
     return dict(psnr=float(np.mean(metrics.psnr(pred, Y))), sharp=float(np.mean(metrics.sharpness_difference(pred, Y))),
                 psnr_last=float(np.mean(metrics.psnr(last, Y))),

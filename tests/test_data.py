@@ -220,6 +220,21 @@ def test_data_read_frames_video_and_frame_folder(ucf, tmp_path):
     assert data.read_frames(g).shape == (3, 8, 8, 3)
 
 
+def test_data_read_frames_last(ucf, tmp_path, monkeypatch):
+    """last=k keeps the last k frames: a folder opens only those images; a video is decoded in
+    order but only k frames are held."""
+    video = ucf / "UCF-101" / "ApplyEyeMakeup" / "v_ApplyEyeMakeup_g01_c01.avi"
+    assert np.array_equal(data.read_frames(video, last=4), data.read_frames(video)[-4:])
+    assert data.read_frames(video, last=50).shape[0] == 12                   # shorter video: all of it
+    folder = ucf / "UCF-101" / "BoxingBag" / "v_BoxingBag_g01_c01"
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda f, *a, **k: opened.append(f.name) or real_open(f, *a, **k))
+    f = data.read_frames(folder, last=3)
+    assert np.array_equal(f, moving_square(H=36, W=44, seed=6)[-3:])
+    assert opened == ["10.png", "11.png", "12.png"]
+
+
 def test_data_read_frames_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist: .*nope.avi"):
         data.read_frames(tmp_path / "nope.avi")

@@ -234,6 +234,34 @@ def test_evaluate_subprocess_exit_status(tmp_path):
     assert r.returncode == 2 and "--checkpoint" in r.stderr        # argparse: required argument
 
 
+def test_evaluation_memory_is_bounded_on_a_640x360_video(tmp_path):
+    """Evaluation on whole 640x360 frames runs G in tiles: the NumPy allocations it makes
+    (tracemalloc) stay within its memory budget plus three times the batch's stacked input frames
+    (the 1st and the recursive 2nd pass's inputs, the predictions), far below what G on the whole
+    frame needs for the columns of one convolution alone (325 MiB for all of G, measured)."""
+    import tracemalloc
+    from data import read_frames
+    t = np.arange(6)[:, None, None]
+    y, x = np.mgrid[0:360, 0:640]
+    frames = np.stack([(x + 5 * t) % 256, (y + 3 * t) % 256, (x + y) % 256 + 0 * t], axis=-1).astype(np.uint8)
+    write_video(tmp_path / "v.mp4", frames)
+    clips = to_unit(read_frames(tmp_path / "v.mp4")).transpose(0, 3, 1, 2)[None]    # (1, 6, 3, 360, 640)
+    config = fp.make_config(m=4, n=1, width=TINY, loss="l2")
+    model = dict(name="x", path="x", params=fp.init_params(config, seed=3), config=config)
+    memory = 32 * 2 ** 20
+    ops._scratch_buffers.clear()               # the convolutions' reused buffer is allocated anew, and counted
+    tracemalloc.start()
+    try:
+        first, second = metrics.model_predictions(ops, model, clips, batch=1, memory=memory)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert first.shape == second.shape == (1, 3, 360, 640) and np.isfinite(second).all()
+    bound = memory + 3 * clips[0, :4].nbytes
+    columns = 4 * 360 * 640 * max(c * k * k for c, k in zip(config["g_maps"][-1], config["g_kernels"][-1][1:]))
+    assert peak < bound < columns / 2, (peak, bound, columns)
+
+
 # ----------------------------------------------------------------------------- predict
 
 @pytest.fixture(scope="module")
