@@ -147,6 +147,7 @@ class CudaOps:
         self.launch = launch if launch is not None else RawModuleLauncher(xp)
         self.block = int(block)
         self.max_blocks = int(max_blocks)
+        self._constants = {}           # value -> (1,) device array, see _constant
 
     # ------------------------------------------------------------------ helpers
     def _run(self, kernel, items, *args):
@@ -166,6 +167,12 @@ class CudaOps:
             raise TypeError(f"gpu backend, {what}: the CUDA kernels are float32, got {a.dtype} "
                             f"(convert with ops.asarray(a, dtype='float32'))")
         return self.xp.ascontiguousarray(a)
+
+    def _constant(self, value):
+        """A (1,) float32 device array holding value, filled once per value and kept (read-only use)."""
+        if value not in self._constants:
+            self._constants[value] = self.xp.full((1,), value, dtype=np.float32)
+        return self._constants[value]
 
     def _gemm(self, a, b):
         """a (M, K) @ b (K, N) -> (M, N) on cuBLAS; every GEMM of this backend goes through here."""
@@ -430,10 +437,9 @@ class CudaOps:
         n, c, h, w = pred.shape
         term_v, term_h = self._empty((n, c, h - 1, w)), self._empty((n, c, h, w - 1))
         self._run("gdl_loss_terms", pred.size, pred, target, term_v, term_h, n, c, h, w, int(alpha))
-        loss = 0.0
-        for term in (term_v, term_h):          # a side of 1 has no pairs and adds nothing
-            if term.size:
-                loss = loss + term.mean()
+        means = [term.mean() for term in (term_v, term_h) if term.size]   # a side of 1 has no pairs
+        # one addition kernel (not 0.0 + first + second: two); no pairs at all -> 0.0, as numpy_ops
+        loss = means[0] + means[1] if len(means) == 2 else means[0] if means else 0.0
         dpred = self._empty(pred.shape)
         self._run("gdl_loss_grad", pred.size, pred, target, dpred, n, c, h, w, int(alpha))
         return loss, dpred
@@ -444,7 +450,7 @@ class CudaOps:
         z = self._f32(logits, "bce_logits_loss logits")
         xp = self.xp
         if not isinstance(target, xp.ndarray) and np.ndim(target) == 0:
-            t, t_step = xp.full((1,), float(target), dtype=np.float32), 0    # one target for all
+            t, t_step = self._constant(float(target)), 0                       # one target for all
         else:
             t = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(target, dtype=np.float32), z.shape))
             t_step = 1

@@ -14,9 +14,13 @@ iteration launches and transfers.
   silently grow. `python tests/test_gpu_path.py` prints them.
 """
 import collections
+import functools
 import os
 import sys
 import types
+
+if __name__ == "__main__":     # `python tests/test_gpu_path.py`: the repository's modules too
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 import pytest
@@ -128,3 +132,223 @@ def test_train_gpu_failure_test_skips_exactly_where_a_gpu_is_usable(with_cupy, f
     import test_train
     with_cupy(fail=fail)
     assert (test_train.usable_gpu() is not None) == (fail is None)
+
+
+# --------------------------------------------------------------------------- counting what CuPy would do
+COUNTS = collections.Counter()     # what the DeviceArrays and the counting launcher saw since reset
+
+
+def _host(a):
+    return a.view(np.ndarray) if isinstance(a, DeviceArray) else a
+
+
+def _device(result):
+    """A NumPy result as CuPy returns it: arrays (0-d included) stay on the device."""
+    if isinstance(result, tuple):
+        return tuple(_device(r) for r in result)
+    if isinstance(result, (np.ndarray, np.generic)):
+        return np.asarray(result).view(DeviceArray)
+    return result
+
+
+class DeviceArray(np.ndarray):
+    """A NumPy array standing for a cupy.ndarray: it counts, in COUNTS, the kernels and copies that
+    CuPy would make for what is done to it ("elementwise", "reduction", "gemm", "d2h")."""
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        COUNTS["gemm" if ufunc is np.matmul else "elementwise" if method == "__call__" else "reduction"] += 1
+        if out is not None:
+            kwargs["out"] = tuple(_host(o) for o in out)
+        result = getattr(ufunc, method)(*(_host(i) for i in inputs), **kwargs)
+        return (out[0] if len(out) == 1 else out) if out is not None else _device(result)
+
+    def _reduce(self, how, *args, **kwargs):          # one CuPy reduction kernel (mean divides in it)
+        COUNTS["reduction"] += 1
+        return _device(getattr(self.view(np.ndarray), how)(*args, **kwargs))
+
+    def sum(self, *args, **kwargs):
+        return self._reduce("sum", *args, **kwargs)
+
+    def mean(self, *args, **kwargs):
+        return self._reduce("mean", *args, **kwargs)
+
+    def astype(self, dtype, *args, **kwargs):
+        COUNTS["elementwise"] += 1
+        return _device(self.view(np.ndarray).astype(dtype, *args, **kwargs))
+
+    def copy(self, *args, **kwargs):
+        COUNTS["elementwise"] += 1
+        return _device(self.view(np.ndarray).copy(*args, **kwargs))
+
+    def reshape(self, *shape, **kwargs):               # a reshape that cannot be a view copies
+        out = self.view(np.ndarray).reshape(*shape, **kwargs)
+        if out.size and not np.may_share_memory(out, self):
+            COUNTS["elementwise"] += 1
+        return out.view(DeviceArray)
+
+    def get(self):
+        COUNTS["d2h"] += 1
+        return self.view(np.ndarray).copy()
+
+    def item(self):
+        COUNTS["d2h"] += 1
+        return self.view(np.ndarray).item()
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __bool__(self):
+        return bool(self.item())
+
+
+class CountingCupy:
+    """The `xp` of CudaOps for counting: cupy's functions that cupy_ops.py and framepred.py use,
+    on DeviceArrays. A function not modelled here raises, so that nothing goes uncounted."""
+    __name__ = "cupy"
+    ndarray = DeviceArray
+    float32 = np.float32
+
+    @staticmethod
+    def empty(shape, dtype=np.float32):
+        return emulator.PoisonedNumpy.empty(shape, dtype).view(DeviceArray)    # allocation: no kernel
+
+    @staticmethod
+    def asarray(a, dtype=None):
+        if isinstance(a, DeviceArray):
+            return a if dtype is None or np.dtype(dtype) == a.dtype else a.astype(dtype)
+        COUNTS["h2d"] += 1
+        return np.array(a, dtype=dtype).view(DeviceArray)
+
+    @staticmethod
+    def ascontiguousarray(a):
+        if a.flags.c_contiguous:
+            return a
+        COUNTS["elementwise"] += 1
+        return np.ascontiguousarray(_host(a)).view(DeviceArray)
+
+    @staticmethod
+    def matmul(a, b):
+        return np.matmul(a, b)                         # counted by DeviceArray.__array_ufunc__
+
+    @staticmethod
+    def concatenate(arrays, axis=0):
+        COUNTS["elementwise"] += 1                     # one concatenation kernel
+        return np.concatenate([_host(a) for a in arrays], axis=axis).view(DeviceArray)
+
+    @staticmethod
+    def full(shape, value, dtype=np.float32):
+        COUNTS["elementwise"] += 1                     # a fill kernel
+        return np.full(shape, value, dtype).view(DeviceArray)
+
+    @staticmethod
+    def broadcast_to(a, shape):
+        return np.broadcast_to(_host(a), shape).view(DeviceArray)
+
+    def __getattr__(self, name):
+        raise AttributeError(f"CountingCupy does not model cupy.{name}: add it, with what it launches")
+
+
+class CountingLauncher:
+    """The emulator's launcher, counting each raw-kernel launch ("kernel", and per name)."""
+
+    def __init__(self):
+        self.inner = emulator.default_launcher()
+        self.names = collections.Counter()
+
+    def __call__(self, name, grid, block, args):
+        COUNTS["kernel"] += 1
+        self.names[name] += 1
+        views = {}                                     # one host view per distinct array (no false overlaps)
+        args = tuple(views.setdefault(id(a), _host(a)) if isinstance(a, DeviceArray) else a for a in args)
+        self.inner(name, grid, block, args)
+
+
+KINDS = ("kernel", "gemm", "elementwise", "reduction", "h2d", "d2h")
+
+
+@functools.lru_cache(maxsize=None)
+def count_train_step(loss="adv_gdl", optimizer="sgd", steps=2):
+    """Count the launches and transfers of the last of `steps` train_steps of framepred on the CUDA
+    backend (emulated) at a tiny size (the counts depend on the layers, not on the sizes).
+    -> (COUNTS of that step, the raw kernels by name)."""
+    import framepred as fp
+    launcher = CountingLauncher()
+    ops = cupy_ops.CudaOps(xp=CountingCupy(), launch=launcher)
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss=loss)
+    params = {key: ops.asarray(value) for key, value in fp.init_params(config, seed=3).items()}
+    opt = None if optimizer == "sgd" else {net: fp.adam_init(params, net) for net in ("G", "D")}
+    rng = np.random.default_rng(0)
+
+    def batch():
+        return tuple(ops.asarray(rng.uniform(-1, 1, (2, c, 32, 32)).astype(np.float32)) for c in (6, 3))
+
+    for _ in range(steps):
+        d_batch, g_batch = batch(), batch()          # the transfers of the batches, counted apart
+        COUNTS.clear()
+        launcher.names.clear()
+        fp.train_step(ops, params, config, d_batch, g_batch, lr_g=0.04, opt=opt)
+    counts = collections.Counter({kind: COUNTS[kind] for kind in KINDS})
+    counts["h2d"] += 4                                 # the 4 batch arrays of the iteration
+    counts["launches"] = sum(counts[k] for k in ("kernel", "gemm", "elementwise", "reduction"))
+    return counts, launcher.names
+
+
+def report(counts):
+    return ", ".join(f"{k} {counts[k]}" for k in ("launches",) + KINDS)
+
+
+if __name__ == "__main__":
+    for optimizer in ("sgd", "adam"):
+        counts, names = count_train_step(optimizer=optimizer)
+        print(f"adv_gdl, {optimizer}: {report(counts)}")
+        print("  raw kernels: " + ", ".join(f"{n} {c}" for n, c in names.most_common()))
+
+
+# Counted on the commit that added this test (issue 12 counted 960 launches before it; its target is
+# 400): a count above its bound means a change added launches or transfers to every iteration.
+# adam: 559 raw kernels (86 adam_update, one per tensor), 190 GEMMs, 55 elementwise, 63 reductions.
+# sgd: framepred.sgd_update's `w -= lr * g` is two CuPy elementwise kernels per tensor (172 of the
+# 227); CudaOps.sgd_update does it in one, once framepred calls it.
+BOUNDS = {
+    "adam": dict(launches=867, kernel=559, gemm=190, elementwise=55, reduction=63, h2d=5, d2h=20),
+    "sgd": dict(launches=953, kernel=473, gemm=190, elementwise=227, reduction=63, h2d=5, d2h=20),
+}
+
+
+@pytest.mark.parametrize("optimizer", sorted(BOUNDS))
+def test_launches_and_transfers_per_adv_gdl_iteration_stay_bounded(optimizer):
+    needs_compiler()
+    counts, names = count_train_step(optimizer=optimizer)
+    over = {k: f"{counts[k]} > {bound}" for k, bound in BOUNDS[optimizer].items() if counts[k] > bound}
+    assert not over, f"more per iteration than pinned: {over} ({report(counts)})"
+    # the counting itself works: every kind of launch and transfer is seen
+    assert all(counts[k] > 0 for k in KINDS), report(counts)
+
+
+def test_adam_is_one_launch_per_tensor():
+    needs_compiler()
+    import framepred as fp
+    counts, names = count_train_step(optimizer="adam")
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    assert names["adam_update"] == len(fp.parameter_shapes(config))
+
+
+def test_counting_counts_what_cupy_would_launch():
+    """The counting model on single operations: ufuncs, reductions, GEMMs, copies, transfers."""
+    needs_compiler()
+    xp, launcher = CountingCupy(), CountingLauncher()
+    ops = cupy_ops.CudaOps(xp=xp, launch=launcher)
+    COUNTS.clear()
+    a = ops.asarray(np.ones((4, 4), np.float32))                    # h2d
+    b = 2 * a + a                                                    # 2 elementwise
+    b -= 0.5 * a                                                     # 2 elementwise
+    s = b.sum(axis=0).mean()                                         # 2 reductions
+    ops.relu_forward(xp.matmul(a, b.T))                              # 1 gemm, 1 kernel
+    ops.sgd_update(a, b, 0.1)                                        # 1 kernel
+    assert float(s) == pytest.approx(10.0)                           # d2h
+    ops.to_host(a)                                                   # d2h
+    xp.ascontiguousarray(a.T)                                        # a copy
+    assert dict(COUNTS) == dict(h2d=1, elementwise=5, reduction=2, gemm=1, kernel=2, d2h=2)
