@@ -16,7 +16,9 @@ iteration launches and transfers.
 import collections
 import functools
 import os
+import re
 import sys
+import time
 import types
 
 if __name__ == "__main__":     # `python tests/test_gpu_path.py`: the repository's modules too
@@ -69,9 +71,22 @@ def fake_cupy(fail=None, devices=1):
             launcher = emulator.default_launcher()
             return lambda grid, block, args: launcher(name, grid, block, args)
     cp.RawModule = RawModule
-    stream = types.SimpleNamespace(synchronize=lambda: None)
+    for name in ("concatenate", "full", "broadcast_to"):
+        setattr(cp, name, getattr(np, name))
+    cp.waits = collections.Counter()                  # what waited for the "device": stream / event syncs
+
+    class Event:                                      # the "device time" of a record is the host's
+        def record(self):
+            self.t = time.perf_counter()
+            cp.waits["events recorded"] += 1
+
+        def synchronize(self):
+            cp.waits["event synchronize"] += 1
+
+    stream = types.SimpleNamespace(synchronize=lambda: cp.waits.update(["stream synchronize"]))
     cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: devices),
-                                    get_current_stream=lambda: stream)
+                                    get_current_stream=lambda: stream, Event=Event,
+                                    get_elapsed_time=lambda a, b: (b.t - a.t) * 1e3)
     return cp
 
 
@@ -132,6 +147,37 @@ def test_train_gpu_failure_test_skips_exactly_where_a_gpu_is_usable(with_cupy, f
     import test_train
     with_cupy(fail=fail)
     assert (test_train.usable_gpu() is not None) == (fail is None)
+
+
+def test_bench_on_the_gpu_path_times_with_events_and_gemms_and_prints_the_cpu_line(with_cupy, capsys):
+    """run_bench on CudaOps (fake cupy, emulated kernels): CUDA events instead of host timers, one
+    wait per measurement instead of a sync around every phase and GEMM, the GEMMs timed and
+    their work counted, and the bench line of the CPU."""
+    import bench
+    import framepred as fp
+    from test_bench import LINE
+    cp = with_cupy()
+    ops = load_backend("gpu")
+    cp.waits.clear()
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    params = {key: ops.asarray(value) for key, value in fp.init_params(config, seed=1).items()}
+    rng = np.random.default_rng(0)
+
+    def next_batch():
+        return tuple(ops.asarray(rng.uniform(-1, 1, (2, c, 32, 32)).astype(np.float32)) for c in (6, 3))
+
+    assert bench.run_bench(ops, params, config, next_batch, 2, sgemm_shape=(64, 64, 64)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "backend gpu" in lines[0]
+    assert LINE.match(lines[-1]), lines[-1]
+    assert any(line.startswith("GEMM:") and "calls/step" in line for line in lines)
+    work = next(line for line in lines if line.startswith("work:"))
+    analytic, counted = (float(v) for v in re.findall(r"analytic ([\d.]+) .* counted ([\d.]+)", work)[0])
+    assert counted == pytest.approx(analytic, rel=0.03)
+    # the reference GEMMs before and after, and the iterations: one wait each, no stream syncs
+    assert cp.waits["event synchronize"] == 3 and cp.waits["stream synchronize"] == 0, dict(cp.waits)
+    assert cp.waits["events recorded"] > 2 * 190, dict(cp.waits)     # at least the GEMMs of the steps
+    assert "_gemm" not in vars(ops) and "im2col" not in vars(ops)    # the timing wrappers are gone
 
 
 # --------------------------------------------------------------------------- counting what CuPy would do
