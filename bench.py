@@ -22,11 +22,16 @@ operands come and go before the warm-up, below a paper-size step's peak).
 
 Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backward and
 sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
-in the module at each call), the losses are timed through a proxy around `ops`, and in the NumPy
-backend the GEMM and im2col/col2im helpers are timed by wrapping them in kernels.numpy_ops (the
-convolutions call them through the module, so the wrapper sees every call). Everything is
-restored afterwards. Phase times are exclusive: a D forward inside the G step's loss counts as
-D forward, not as losses.
+in the module at each call), the losses are timed through a proxy around `ops`, and the GEMM and
+im2col/col2im helpers are timed by wrapping them: in kernels.numpy_ops (the convolutions call them
+through the module, so the wrapper sees every call), and on a cupy_ops.CudaOps object (its
+`_gemm`, `im2col`, `col2im`, called through self). Everything is restored afterwards. Phase times
+are exclusive: a D forward inside the G step's loss counts as D forward, not as losses.
+
+Clocks: on the CPU, host timestamps. On the GPU, CUDA events recorded in stream order (EventClock):
+nothing waits for the device while the iterations run (a sync around every phase and GEMM would
+change what is measured), and the intervals become seconds once, after the last iteration. The
+bench line has the same format on both.
 """
 import os
 import resource
@@ -153,13 +158,62 @@ def analytic_gflop(config, batch, counted_gflop=None):
 
 
 # ----------------------------------------------------------------------------- timing
+class HostClock:
+    """Timestamps for the NumPy backend: perf_counter (the work is done when a call returns)."""
+
+    def mark(self):
+        return time.perf_counter()
+
+    def finish(self):
+        pass
+
+    @staticmethod
+    def seconds(a, b):
+        return b - a
+
+
+class EventClock:
+    """Timestamps for the CUDA backend: CUDA events recorded on the current stream, in stream order,
+    without a sync (the host runs ahead; a host timer would time the launches, not the work).
+    finish() waits for the last event; seconds() is then the GPU time between two events."""
+
+    def __init__(self, cupy):
+        self._cuda = cupy.cuda
+        self._last = None
+
+    def mark(self):
+        event = self._cuda.Event()
+        event.record()
+        self._last = event
+        return event
+
+    def finish(self):
+        if self._last is not None:
+            self._last.synchronize()
+
+    def seconds(self, a, b):
+        return self._cuda.get_elapsed_time(a, b) / 1e3       # milliseconds -> seconds
+
+
+def clock_for(ops):
+    """EventClock for a backend on CuPy (it has cupy.cuda), HostClock otherwise."""
+    xp = getattr(ops, "xp", None)
+    if getattr(ops, "name", "cpu") == "gpu" and hasattr(xp, "cuda"):
+        return EventClock(xp)
+    return HostClock()
+
+
 class Timer:
     """Exclusive per-phase times (a stack: a nested phase pauses its parent) plus, attributed to the
-    phase running, the time and GEMM work of the leaf kinds "gemm" and "unfold"."""
+    phase running, the time and GEMM work of the leaf kinds "gemm" and "unfold".
 
-    def __init__(self, sync):
-        self.sync = sync
+    Time is taken as clock marks (host timestamps or CUDA events) and turned into seconds by
+    resolve(), once, after the timed iterations: on the GPU nothing waits for the device meanwhile."""
+
+    def __init__(self, clock):
+        self.clock = clock
         self.stack = []
+        self.intervals = []                       # (key, mark, mark): key ("phase", name) or ("kind", phase, kind)
         self.phase = defaultdict(float)
         self.kind = defaultdict(float)            # (phase, kind) -> seconds
         self.flop = defaultdict(float)            # phase -> GEMM flop
@@ -169,20 +223,28 @@ class Timer:
         return self.stack[-1][0] if self.stack else "other"
 
     def enter(self, name):
-        self.sync()
-        now = time.perf_counter()
+        now = self.clock.mark()
         if self.stack:
             top = self.stack[-1]
-            self.phase[top[0]] += now - top[1]
+            self.intervals.append((("phase", top[0]), top[1], now))
         self.stack.append([name, now])
 
     def leave(self):
-        self.sync()
-        now = time.perf_counter()
+        now = self.clock.mark()
         name, start = self.stack.pop()
-        self.phase[name] += now - start
+        self.intervals.append((("phase", name), start, now))
         if self.stack:
             self.stack[-1][1] = now
+
+    def resolve(self):
+        """Wait for the last mark and add every interval into phase and kind (seconds)."""
+        self.clock.finish()
+        for key, a, b in self.intervals:
+            if key[0] == "phase":
+                self.phase[key[1]] += self.clock.seconds(a, b)
+            else:
+                self.kind[key[1], key[2]] += self.clock.seconds(a, b)
+        self.intervals = []
 
     def phased(self, name, fn):
         def wrapped(*args, **kwargs):
@@ -195,12 +257,10 @@ class Timer:
 
     def leaf(self, kind, fn, count_flop=False):
         def wrapped(*args, **kwargs):
-            self.sync()
-            t0 = time.perf_counter()
+            t0 = self.clock.mark()
             out = fn(*args, **kwargs)
-            self.sync()
             phase = self.current()
-            self.kind[phase, kind] += time.perf_counter() - t0
+            self.intervals.append((("kind", phase, kind), t0, self.clock.mark()))
             self.calls[kind] += 1
             if count_flop:
                 a, b = args[0], args[1]
@@ -252,28 +312,21 @@ def _restore(saved):
             delattr(owner, name)           # the wrapper shadowed a method of the object's class
 
 
-def _sync_for(ops):
-    if getattr(ops, "name", "cpu") == "gpu":
-        xp = ops.xp
-        return lambda: xp.cuda.get_current_stream().synchronize()
-    return lambda: None
-
-
 def sgemm_gflops(ops, shape=SGEMM_SHAPE, repeats=5):
     """Best of `repeats` float32 GEMMs (M x K) @ (K x N) on the backend, in GFLOP/s."""
     m, k, n = shape
-    xp, sync = ops.xp, _sync_for(ops)
+    xp, clock = ops.xp, clock_for(ops)
     rng = np.random.default_rng(0)
     a = ops.asarray(rng.standard_normal((m, k), dtype=np.float32))
     b = ops.asarray(rng.standard_normal((k, n), dtype=np.float32))
     out = xp.matmul(a, b)                                      # warm-up (threads, GPU handles)
-    best = float("inf")
+    marks = []
     for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
+        t0 = clock.mark()
         xp.matmul(a, b, out=out)
-        sync()
-        best = min(best, time.perf_counter() - t0)
+        marks.append((t0, clock.mark()))
+    clock.finish()
+    best = min(clock.seconds(t0, t1) for t0, t1 in marks)
     return 2.0 * m * k * n / best / 1e9
 
 
@@ -335,23 +388,25 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
     ref_before = sgemm_gflops(ops, sgemm_shape)
     fp.train_step(ops, params, config, next_batch(), next_batch(), lr_g=lr_g)         # warm-up
 
-    timer = Timer(_sync_for(ops))
+    clock = clock_for(ops)
+    timer = Timer(clock)
     timed_ops = TimedOps(ops, timer)
     saved = _install(timer, ops)
-    data_s = step_s = 0.0
+    marks = []                                     # per iteration: before sampling, before and after the step
     try:
         for _ in range(n):
-            t0 = time.perf_counter()
+            t0 = clock.mark()
             d_batch, g_batch = next_batch(), next_batch()
-            t1 = time.perf_counter()
+            t1 = clock.mark()
             timer.enter("other")
             fp.train_step(timed_ops, params, config, d_batch, g_batch, lr_g=lr_g)
             timer.leave()
-            t2 = time.perf_counter()
-            data_s += t1 - t0
-            step_s += t2 - t1
+            marks.append((t0, t1, clock.mark()))
     finally:
         _restore(saved)
+    timer.resolve()                                # on the GPU: the one wait, after the last step
+    data_s = sum(clock.seconds(t0, t1) for t0, t1, _ in marks)
+    step_s = sum(clock.seconds(t1, t2) for _, t1, t2 in marks)
     peak_rss = _peak_rss_mib()
 
     ms = 1e3 / n

@@ -12,8 +12,10 @@ def load_backend(device="auto", verbose=True):
     """device: 'cpu', 'gpu' or 'auto' -> the ops of numpy_ops.py: that module, or a
     cupy_ops.CudaOps instance with the same names.
 
-    'auto' takes the GPU when CuPy sees one and otherwise falls back to the CPU, saying so.
-    'gpu' without CuPy or without a GPU raises BackendError with the reason.
+    The GPU is chosen only after a real probe (cupy_ops.probe: every kernel compiled by NVRTC, one
+    kernel launch, one cuBLAS GEMM, a sync, the numbers checked), as CuPy can see a device and
+    still fail at the first launch (no NVRTC, no cuBLAS). 'auto' falls back to the CPU on any
+    failure, printing the reason as one line; 'gpu' raises BackendError with the reason.
     """
     if device not in ("auto", "cpu", "gpu"):
         raise BackendError(f"--device must be auto, cpu or gpu, got {device!r}")
@@ -22,15 +24,18 @@ def load_backend(device="auto", verbose=True):
         return numpy_ops
     try:
         from kernels import cupy_ops
-        cupy_ops.check_gpu()
-        return cupy_ops.CudaOps()      # an object with numpy_ops' names; kernels compile on first use
-    except Exception as e:  # ImportError, no device, driver errors: all mean "no usable GPU"
-        reason = f"{type(e).__name__}: {e}"
+        return cupy_ops.probe()
+    except Exception as e:  # ImportError, no device, NVRTC/cuBLAS missing, driver errors: "no usable GPU"
+        try:
+            from kernels.cupy_ops import one_line
+            reason = one_line(e)
+        except Exception:   # cupy_ops itself failed to import
+            reason = f"{type(e).__name__}: {e}"
         if device == "gpu":
             raise BackendError(f"--device gpu: no usable GPU ({reason}). Install CuPy for your "
                                f"CUDA version (see README) or use --device cpu.") from e
         if verbose:   # information, not an error: the CPU is what auto means without a GPU
-            print(f"device auto: running on the CPU, as no GPU is usable here ({e}); "
+            print(f"device auto: running on the CPU, as no GPU is usable here ({reason}); "
                   f"--device cpu skips this check", flush=True)
         from kernels import numpy_ops
         return numpy_ops

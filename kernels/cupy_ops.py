@@ -6,9 +6,10 @@
 what this backend's own backward needs, which is not always what numpy_ops keeps (relu keeps
 its output instead of a mask, maxpool2 an int32 argmax).
 
-- GEMMs go to cuBLAS through `xp.matmul`; everything else is a kernel of kernels/*.cu, launched
-  with one thread per output element and a grid-stride loop. Reductions (bias gradients, the
-  means of the losses) are `xp` reductions (`.sum()`, `.mean()`).
+- GEMMs go to cuBLAS through `xp.matmul`, all of them through `_gemm` (which bench.py times);
+  everything else is a kernel of kernels/*.cu, launched with one thread per output element and
+  a grid-stride loop. Reductions (bias gradients, the means of the losses) are `xp` reductions
+  (`.sum()`, `.mean()`).
 - float32 only: the kernels take `const float*`. An op given another dtype raises a TypeError
   naming the op and the argument (no silent cast); `asarray(a, dtype)` is the place to convert.
 - A loss value is a 0-d device array (float32); `float(loss)` or `to_host(loss)` brings it to the host.
@@ -71,6 +72,40 @@ def check_gpu():
         raise RuntimeError("CuPy sees no CUDA device")
 
 
+def probe(cupy=None):
+    """Prove that the GPU path works here before a run relies on it -> a ready CudaOps.
+
+    `check_gpu` only asks CuPy to count devices; NVRTC (the kernels' compiler) and cuBLAS load
+    later, at the first launch and the first matmul, and a wheel without its CUDA libraries fails
+    only then. So: compile every kernel, run one kernel and one small GEMM, synchronise, and check
+    the numbers. Any failure raises (the caller turns it into the reason of a fallback or an error).
+    cupy: the module to probe (tests pass a fake one); default: import cupy."""
+    check_gpu()
+    if cupy is None:
+        import cupy
+    ops = CudaOps(xp=cupy)
+    ops.launch.load()                                           # NVRTC: every kernel of kernels/*.cu
+    a = cupy.asarray(np.arange(-8, 8, dtype=np.float32).reshape(4, 4))
+    relu, _ = ops.relu_forward(a)                               # one raw kernel launch
+    prod = ops._gemm(relu, relu)                                # cuBLAS
+    cupy.cuda.get_current_stream().synchronize()
+    host = np.maximum(np.arange(-8, 8, dtype=np.float32).reshape(4, 4), 0)
+    if not np.allclose(ops.to_host(prod), host @ host):
+        raise RuntimeError("the probe's 4x4 GEMM on the GPU gave wrong numbers")
+    return ops
+
+
+def one_line(error, limit=300):
+    """'Type: first line of the message' (NVRTC and cuBLAS errors span many lines), at most `limit` chars."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = lines[0] if lines else ""
+    # check_gpu's own RuntimeErrors are sentences; any other error needs its type to make sense
+    text = first if type(error) is RuntimeError and first else f"{type(error).__name__}: {first}".rstrip(": ")
+    if len(lines) > 1:
+        text += " (...)"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class RawModuleLauncher:
     """launch(name, grid, block, args) on the GPU: one cupy.RawModule per .cu file, compiled lazily
     (on the first launch) with OPTIONS; CuPy caches the binaries on disk."""
@@ -79,17 +114,19 @@ class RawModuleLauncher:
         self._cupy = cupy
         self._functions = None
 
-    def _load(self):
-        functions = {}
-        for source in kernel_sources().values():
-            module = self._cupy.RawModule(code=source, options=OPTIONS)
-            for name in kernel_names(source):
-                functions[name] = module.get_function(name)
-        return functions
+    def load(self):
+        """Compile every kernel now (get_function makes NVRTC compile the module); idempotent."""
+        if self._functions is None:
+            functions = {}
+            for source in kernel_sources().values():
+                module = self._cupy.RawModule(code=source, options=OPTIONS)
+                for name in kernel_names(source):
+                    functions[name] = module.get_function(name)
+            self._functions = functions
 
     def __call__(self, name, grid, block, args):
         if self._functions is None:
-            self._functions = self._load()
+            self.load()
         self._functions[name](grid, block, args)
 
 
@@ -110,6 +147,7 @@ class CudaOps:
         self.launch = launch if launch is not None else RawModuleLauncher(xp)
         self.block = int(block)
         self.max_blocks = int(max_blocks)
+        self._constants = {}           # value -> (1,) device array, see _constant
 
     # ------------------------------------------------------------------ helpers
     def _run(self, kernel, items, *args):
@@ -129,6 +167,16 @@ class CudaOps:
             raise TypeError(f"gpu backend, {what}: the CUDA kernels are float32, got {a.dtype} "
                             f"(convert with ops.asarray(a, dtype='float32'))")
         return self.xp.ascontiguousarray(a)
+
+    def _constant(self, value):
+        """A (1,) float32 device array holding value, filled once per value and kept (read-only use)."""
+        if value not in self._constants:
+            self._constants[value] = self.xp.full((1,), value, dtype=np.float32)
+        return self._constants[value]
+
+    def _gemm(self, a, b):
+        """a (M, K) @ b (K, N) -> (M, N) on cuBLAS; every GEMM of this backend goes through here."""
+        return self.xp.matmul(a, b)
 
     def _empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
@@ -176,7 +224,7 @@ class CudaOps:
             raise ValueError(f"conv2d: bias must have shape ({c_out},), got {tuple(b.shape)}")
         ho, wo = conv_output_size(h, wd, k, mode)
         cols = self.im2col(x, k, pad)                                     # (N*Ho*Wo, C_in*k*k)
-        rows = self.xp.matmul(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
+        rows = self._gemm(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
         out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo)
         # as numpy_ops: the backward recomputes cols from x
         return out.reshape(n, c_out, ho, wo), (x, w, pad)
@@ -196,13 +244,13 @@ class CudaOps:
         dw = db = None
         if need_dw:
             cols = self.im2col(x, k, pad)
-            dw = self.xp.matmul(rows.T, cols).reshape(w.shape)
+            dw = self._gemm(rows.T, cols).reshape(w.shape)
             db = rows.sum(axis=0)
             del cols
         dx = None
         if need_dx:
             w_in = self.xp.ascontiguousarray(w[:, dx_from:]).reshape(c_out, -1)
-            dx = self.col2im(self.xp.matmul(rows, w_in), (n, c_in - dx_from, h, wd), k, pad)
+            dx = self.col2im(self._gemm(rows, w_in), (n, c_in - dx_from, h, wd), k, pad)
         return dx, dw, db
 
     # ------------------------------------------------------------------ fully connected
@@ -215,7 +263,7 @@ class CudaOps:
         n, d_out = x.shape[0], w.shape[0]
         if tuple(b.shape) != (d_out,):
             raise ValueError(f"fc: bias must have shape ({d_out},), got {tuple(b.shape)}")
-        out = self._rows_to_nchw_bias(self.xp.matmul(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
+        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
         return out.reshape(n, d_out), (x, w)
 
     def fc_backward(self, dout, cache, need_dw=True):
@@ -224,8 +272,8 @@ class CudaOps:
         dout = self._f32(dout, "fc_backward dout")
         self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
         if not need_dw:
-            return self.xp.matmul(dout, w), None, None
-        return self.xp.matmul(dout, w), self.xp.matmul(dout.T, x), dout.sum(axis=0)
+            return self._gemm(dout, w), None, None
+        return self._gemm(dout, w), self._gemm(dout.T, x), dout.sum(axis=0)
 
     # ------------------------------------------------------------------ activations
     def _unary(self, kernel, x, what):
@@ -389,10 +437,9 @@ class CudaOps:
         n, c, h, w = pred.shape
         term_v, term_h = self._empty((n, c, h - 1, w)), self._empty((n, c, h, w - 1))
         self._run("gdl_loss_terms", pred.size, pred, target, term_v, term_h, n, c, h, w, int(alpha))
-        loss = 0.0
-        for term in (term_v, term_h):          # a side of 1 has no pairs and adds nothing
-            if term.size:
-                loss = loss + term.mean()
+        means = [term.mean() for term in (term_v, term_h) if term.size]   # a side of 1 has no pairs
+        # one addition kernel (not 0.0 + first + second: two); no pairs at all -> 0.0, as numpy_ops
+        loss = means[0] + means[1] if len(means) == 2 else means[0] if means else 0.0
         dpred = self._empty(pred.shape)
         self._run("gdl_loss_grad", pred.size, pred, target, dpred, n, c, h, w, int(alpha))
         return loss, dpred
@@ -403,7 +450,7 @@ class CudaOps:
         z = self._f32(logits, "bce_logits_loss logits")
         xp = self.xp
         if not isinstance(target, xp.ndarray) and np.ndim(target) == 0:
-            t, t_step = xp.full((1,), float(target), dtype=np.float32), 0    # one target for all
+            t, t_step = self._constant(float(target)), 0                       # one target for all
         else:
             t = xp.ascontiguousarray(xp.broadcast_to(xp.asarray(target, dtype=np.float32), z.shape))
             t_step = 1
@@ -424,6 +471,16 @@ class CudaOps:
         g = self._f32(g, "adam_update g")
         self._run("adam_update", w.size, w, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
                   1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t), w.size)
+
+    def sgd_update(self, w, g, lr):
+        """One plain SGD step on one tensor, in place on w: w <- w - lr g (framepred.sgd_update's
+        formula), one launch instead of CuPy's two (lr * g, then the subtraction)."""
+        if w.shape != g.shape:
+            raise ValueError(f"sgd_update: shapes differ: w {w.shape}, g {g.shape}")
+        if not w.flags.c_contiguous or w.dtype != np.float32:
+            raise TypeError("gpu backend, sgd_update w: updated in place, must be C-contiguous float32")
+        g = self._f32(g, "sgd_update g")
+        self._run("sgd_update", w.size, w, g, float(lr), w.size)
 
     # ------------------------------------------------------------------ backend plumbing
     def asarray(self, a, dtype=None):

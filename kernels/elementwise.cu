@@ -81,3 +81,13 @@ extern "C" __global__ void adam_update(float* __restrict__ w, const float* __res
         w[e] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
     }
 }
+
+// One plain SGD step (Algorithm 1: W <- W - lr dL/dW), in place on w; one thread per element.
+// In float like framepred.sgd_update on float32 arrays (lr rounded to float, then the product).
+extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __restrict__ g, double lr, long long n)
+{
+    const float lr_f = (float)lr;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (long long)blockDim.x * gridDim.x)
+        w[e] -= lr_f * g[e];
+}

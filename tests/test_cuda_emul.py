@@ -281,6 +281,19 @@ def test_cuda_adam_update(make_ops, data, shape, steps):
     c.check(dw, w, "adam w", atol=1e-5 * lr * steps, rtol=2e-7)
 
 
+@given(data=st.data(), shape=st.tuples(channels, side, side), lr=st.sampled_from([0.04, 0.005, 1e-3]))
+def test_cuda_sgd_update(make_ops, data, shape, lr):
+    """One SGD step in place, the fused kernel against framepred.sgd_update's `w -= lr * g` on
+    float32: one product and one difference per element (a fused multiply-add on the GPU may
+    round once instead of twice), so ELEMENTWISE."""
+    c = Case(make_ops, data)
+    w, g = c.values(shape), c.values(shape)
+    dw = c.dev(w.copy())
+    c.ops.sgd_update(dw, c.dev(g), lr)
+    w -= lr * g
+    c.check(dw, w, "sgd w", **ELEMENTWISE)
+
+
 def test_cuda_refuses_float64_with_a_clear_error(make_ops):
     ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
     x = ops.asarray(np.zeros((1, 2, 4, 4)))                 # float64
@@ -359,6 +372,7 @@ def every_op_once(ops, rng):
     ops.gdl_loss(x, a(2, 3, 6, 6), 1)
     ops.bce_logits_loss(a(5, 1), 1.0)
     ops.adam_update(a(2, 3, 6, 6), a(2, 3, 6, 6), a(2, 3, 6, 6), ops.xp.abs(a(2, 3, 6, 6)), 1e-3, 0.9, 0.999, 1e-8, 1)
+    ops.sgd_update(a(2, 3, 6, 6), a(2, 3, 6, 6), 0.04)
 
 
 def test_emul_every_kernel_is_launched_and_covered():
