@@ -23,7 +23,8 @@ operands come and go before the warm-up, below a paper-size step's peak).
 Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backward and
 sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
 in the module at each call), the losses are timed through a proxy around `ops`, and in the NumPy
-backend the GEMM and im2col/col2im helpers are timed by wrapping them in kernels.numpy_ops (the
+backends the GEMM and im2col/col2im helpers are timed by wrapping them in the backend's module
+(kernels.fast_cpu's _gemm, _unfold, _fold, _add_taps; kernels.numpy_ops' im2col and col2im: the
 convolutions call them through the module, so the wrapper sees every call). Everything is
 restored afterwards. Phase times are exclusive: a D forward inside the G step's loss counts as
 D forward, not as losses.
@@ -43,7 +44,7 @@ MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backw
                 "discriminator_forward": "D forward", "discriminator_backward": "D backward",
                 "sgd_update": "update", "adam_update": "update"}
 LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
-# kernels.numpy_ops helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
+# the CPU backends' helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
 GEMM_HELPERS = ("_gemm",)
 UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold", "_add_taps")
 SGEMM_SHAPE = (8192, 6400, 256)          # (M, K, N) of the reference GEMM
@@ -327,7 +328,7 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
     lr_g = fp.lr_g_at(0, 2)
     print(f"benchmark: {n} timed iteration{'s' * (n != 1)} of Algorithm 1 after 1 warm-up; batch {batch}, "
           f"loss {config['loss']}, width {config['width']:g}, patch {config['patch']}, backend {ops.name}")
-    if ops.name == "cpu":
+    if ops.name != "gpu":
         for line in blas_info():
             print("  " + line)
     sys.stdout.flush()

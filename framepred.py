@@ -651,6 +651,7 @@ def predict(args):
 def build_parser():
     """``python framepred.py COMMAND ...``; each subcommand sets func(args) -> exit status."""
     import argparse
+    from kernels import DEVICES
 
     parser = argparse.ArgumentParser(prog="framepred.py", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -667,7 +668,8 @@ def build_parser():
     p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",
                    help="number of frames to predict (default %(default)s)")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto, cpu, gpu, or reference (the plain NumPy ops) (default %(default)s)")
     p.set_defaults(func=predict)
     return parser
 
