@@ -164,3 +164,53 @@ def test_fast_training_iteration_matches_reference():
         assert logs["fast"][key] == pytest.approx(logs["ref"][key], rel=1e-12, abs=1e-12), key
     for key in params["ref"]:
         np.testing.assert_allclose(params["fast"][key], params["ref"][key], rtol=1e-10, atol=1e-13, err_msg=key)
+
+
+# --------------------------------------------------------------------------- --device reference
+def test_device_reference_trains_predicts_and_evaluates_like_cpu(tmp_path, capsys):
+    """The plain path end to end: train_min.py, framepred.py predict and metrics.py evaluate take
+    --device reference, and give what --device cpu gives (to float32 rounding)."""
+    import csv
+
+    from PIL import Image
+
+    import data
+    import framepred as fp
+    import metrics
+    import train_min
+    from test_train import TINY
+
+    runs = {}
+    for device in ("cpu", "reference"):
+        runs[device] = str(tmp_path / f"run_{device}")
+        argv = ["--out", runs[device], "--loss", "gdl_l1", "--steps", "2", "--eval-every", "100"] + TINY
+        assert train_min.main(argv[:-1] + [device]) == 0                   # TINY ends with --device cpu
+    assert "reference: G" in capsys.readouterr().out                     # train_min names the backend
+    params = {device: fp.load_checkpoint(run)[0] for device, run in runs.items()}
+    for key in params["cpu"]:
+        np.testing.assert_allclose(params["reference"][key], params["cpu"][key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, f in enumerate(data.to_uint8(data.open_source(None).test_clips(1, 5)[0]).transpose(0, 2, 3, 1)):
+        Image.fromarray(f).save(frames / f"f{i}.png")
+    tables = {}
+    for device in ("cpu", "reference"):
+        out = tmp_path / f"pred_{device}"
+        assert fp.main(["predict", "--checkpoint", runs["cpu"], "--input", str(frames), "--out", str(out),
+                        "--frames", "2", "--device", device]) == 0
+        ev = tmp_path / f"eval_{device}"
+        assert metrics.main(["evaluate", "--checkpoint", runs["cpu"], "--clips", "2", "--figures", "0",
+                             "--device", device, "--out", str(ev)]) == 0
+        with open(ev / "table.csv", newline="") as f:
+            tables[device] = list(csv.reader(f))
+    for i in (1, 2):
+        a, b = (np.asarray(Image.open(tmp_path / f"pred_{d}" / f"pred_{i}.png"), dtype=int) for d in ("cpu", "reference"))
+        assert np.abs(a - b).max() <= 1, f"pred_{i}.png differs by more than one grey level"
+    assert len(tables["cpu"]) == len(tables["reference"]) > 1
+    for row_cpu, row_ref in zip(tables["cpu"], tables["reference"]):
+        for a, b in zip(row_cpu, row_ref):
+            try:
+                assert float(a) == pytest.approx(float(b), rel=1e-3, abs=1e-3), (row_cpu, row_ref)
+            except ValueError:
+                assert a == b
