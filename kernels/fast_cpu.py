@@ -9,9 +9,10 @@ What is done here for speed, and where:
 - the convolutions work channel-major: a layer's output is a (C_out, N, Ho, Wo) array returned as
   an (N, C_out, Ho, Wo) view, which is what the GEMM W @ cols gives and what the next layer's
   unfolding reads fastest (_unfold, _rows); elementwise ops keep that layout (NumPy's 'K' order);
-- two forward algorithms, picked by a cost test: the unfolded input times the weight (_unfold), or
-  for a thin output (few output channels from many inputs, G's last layers) each tap's weights
-  times every padded pixel and the taps' shifted slices added (_add_taps);
+- two forward algorithms, picked by a cost test (use_taps): the unfolded input times the weight
+  (_unfold), or for a thinner output than input (G's last layers, and the narrowing layers of the
+  small preset) each tap's weights times every padded pixel and the taps' shifted slices added
+  (_add_taps);
 - the 'same' backward from one unfolding of dout with the taps flipped: dx = W' U is the 'same'
   convolution of dout with the kernel flipped, dw = U x^T flipped back (no unfolding of x, no col2im);
 - one scratch buffer per dtype for the unfolded windows (_scratch), reused between calls: the
@@ -146,11 +147,19 @@ def _fold(cols, x_shape, k, pad):
 def _add_taps(z, k, ho, wo):
     """z: (C, k, k, N, Hp, Wp) -> (C, N, Ho, Wo), the sum over the taps (i, j), in order, of the
     shifted slices z[:, i, j, :, i:i + Ho, j:j + Wo]: the 'same' convolution of a thin output from
-    each tap's weights multiplied into every padded pixel."""
-    out = z[:, 0, 0, :, :ho, :wo].copy()
-    for t in range(1, k * k):
-        i, j = divmod(t, k)
-        out += z[:, i, j, :, i:i + ho, j:j + wo]
+    each tap's weights multiplied into every padded pixel. The channels are split across the cores
+    (_on_all_cores); each output element's sum runs in the same order either way."""
+    c, _, _, n = z.shape[:4]
+    out = np.empty((c, n, ho, wo), dtype=z.dtype)
+
+    def add_taps(part):
+        o = out[part]
+        np.copyto(o, z[part, 0, 0, :, :ho, :wo])
+        for t in range(1, k * k):
+            i, j = divmod(t, k)
+            o += z[part, i, j, :, i:i + ho, j:j + wo]
+
+    _on_all_cores(add_taps, c, out.size * k * k)
     return out
 
 
@@ -160,6 +169,23 @@ def _rows(a):
 
 
 # --------------------------------------------------------------------------- conv2d
+TAPS_MAX_C_IN = 64       # see use_taps
+
+
+def use_taps(c_in, c_out, padded_pixels, out_pixels):
+    """The forward's cost test: True for the taps path, False for the unfolding.
+
+    The taps path saves the unfolding's copy (C_in k^2 values per output pixel) for k^2 shifted
+    additions (C_out k^2 values per padded pixel), and its GEMM runs over the padded pixels. So it
+    is worth it when the output is much thinner than the input (C_out Hp Wp <= C_in Ho Wo / 4: G's
+    last layers, 3n channels) and, measured on 2 cores, for any narrowing layer (C_out Hp Wp <=
+    C_in Ho Wo) of at most TAPS_MAX_C_IN input channels (the small preset's 64 -> 32 -> 16: 25-30%
+    faster there), whose small GEMM is cheap beside the copy; at the paper's widths (512 -> 256,
+    256 -> 128) the GEMM's extra border costs more than the copy saves (528 against 366 ms)."""
+    narrower = c_out * padded_pixels <= c_in * out_pixels
+    return 4 * c_out * padded_pixels <= c_in * out_pixels or (narrower and c_in <= TAPS_MAX_C_IN)
+
+
 def conv2d_forward(x, w, b, mode):
     """numpy_ops.conv2d_forward, one GEMM on the channel-major unfolding, or the taps path.
 
@@ -173,11 +199,12 @@ def conv2d_forward(x, w, b, mode):
     c_out, _, k, _ = w.shape
     ho, wo = conv_output_size(h, wd, k, mode)
     c_in, hp, wp = x.shape[1], h + 2 * pad, wd + 2 * pad
-    if 4 * c_out * hp * wp <= c_in * ho * wo:
-        # A thin output (G's last layers, 3n channels): the unfolded x would be C_in k k x N Ho Wo
-        # for a GEMM of only C_out rows. Instead multiply each tap's weights into every padded
-        # pixel, (C_out k k, C_in) @ (C_in, N Hp Wp), and add the taps' shifted slices.
-        z = _gemm(w.transpose(0, 2, 3, 1).reshape(c_out * k * k, c_in), _padded(x, pad).reshape(c_in, -1))
+    if use_taps(c_in, c_out, hp * wp, ho * wo):
+        # Fewer output channels than input ones: the unfolded x would be C_in k k x N Ho Wo for a
+        # GEMM of only C_out rows. Instead multiply each tap's weights into every padded pixel,
+        # (C_out k k, C_in) @ (C_in, N Hp Wp), and add the taps' shifted slices.
+        z = _gemm(w.transpose(0, 2, 3, 1).reshape(c_out * k * k, c_in), _padded(x, pad).reshape(c_in, -1),
+                  out=_scratch((c_out * k * k, n * hp * wp), x.dtype))
         out = _add_taps(z.reshape(c_out, k, k, n, hp, wp), k, ho, wo)
         out += b[:, None, None, None]
     else:

@@ -10,10 +10,12 @@ in float64 and float32, against the reference, elementwise:
     float64: atol 1e-12, rtol 1e-10 (the same sums in another order)
     float32: atol 1e-4, rtol 1e-4 (sums of up to a few thousand float32 terms, as test_cuda_emul's SUMS)
 
-The shapes reach both forward algorithms (the thin path needs C_in >= 4 C_out (Hp Wp) / (Ho Wo)),
-and `threaded` draws the copies split across the cores even for small arrays.
+The shapes reach both forward algorithms (fast_cpu.use_taps), and `threaded` draws the copies
+split across the cores even for small arrays.
 """
 import inspect
+import json
+import os
 
 import numpy as np
 import pytest
@@ -100,18 +102,19 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode, c_in, c_out, k", [("same", 64, 3, 3), ("same", 40, 3, 7), ("valid", 48, 2, 5),
-                                                  ("same", 8, 16, 3), ("valid", 8, 16, 3)])
-def test_fast_conv2d_both_algorithms(dtype, mode, c_in, c_out, k):
-    """The first three shapes take the thin-output path, the last two the unfolding (the cost test)."""
+@pytest.mark.parametrize("mode, c_in, c_out, k, taps", [
+    ("same", 64, 3, 3, True), ("same", 40, 3, 7, True), ("valid", 48, 2, 5, True),   # thin outputs
+    ("same", 32, 16, 5, True), ("same", 64, 32, 3, True),                             # small, narrowing
+    ("same", 96, 48, 3, False), ("same", 8, 16, 3, False), ("valid", 8, 16, 3, False)])
+def test_fast_conv2d_both_algorithms(dtype, mode, c_in, c_out, k, taps):
+    """The cost test picks the taps path or the unfolding as stated; both give the reference's results."""
     rng = np.random.default_rng(c_in + k)
     x = rng.standard_normal((2, c_in, 12, 10)).astype(dtype)
     wt = (rng.standard_normal((c_out, c_in, k, k)) / (k * np.sqrt(c_in))).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     pad = ref.conv_check(x.shape, wt.shape, mode)
     ho, wo = ref.conv_output_size(12, 10, k, mode)
-    thin = 4 * c_out * (12 + 2 * pad) * (10 + 2 * pad) <= c_in * ho * wo
-    assert thin == (c_out < c_in)
+    assert fast.use_taps(c_in, c_out, (12 + 2 * pad) * (10 + 2 * pad), ho * wo) == taps
     out, cache = fast.conv2d_forward(x, wt, b, mode)
     out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
     assert_close(out, out_ref, "conv2d out", dtype)
@@ -186,9 +189,14 @@ def test_device_reference_trains_predicts_and_evaluates_like_cpu(tmp_path, capsy
         argv = ["--out", runs[device], "--loss", "gdl_l1", "--steps", "2", "--eval-every", "100"] + TINY
         assert train_min.main(argv[:-1] + [device]) == 0                   # TINY ends with --device cpu
     assert "reference: G" in capsys.readouterr().out                     # train_min names the backend
-    params = {device: fp.load_checkpoint(run)[0] for device, run in runs.items()}
-    for key in params["cpu"]:
-        np.testing.assert_allclose(params["reference"][key], params["cpu"][key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # the held-out scores and mean losses of the two runs (Adam's steps, +-rho each, turn float32
+    # rounding into parameter differences of up to ~rho, so the parameters are not compared)
+    evals = [[json.loads(line) for line in open(os.path.join(runs[d], "eval.jsonl"))] for d in runs]
+    assert len(evals[0]) == len(evals[1]) == 2 and "g_total" in evals[0][1]      # steps 0 and 2
+    for a, b in zip(*evals):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-4), key
 
     frames = tmp_path / "frames"
     frames.mkdir()
