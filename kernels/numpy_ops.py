@@ -3,8 +3,9 @@
 This file is the reference, meant to be read in one sitting: no global state, no threads,
 contiguous (N, C, H, W) outputs; the convolution is im2col and one GEMM. Two other backends
 offer the same names and signatures and are tested against these functions: fast_cpu.py (the
-same arithmetic on the CPU, reorganised for speed; `--device cpu`) and cupy_ops.py (the CUDA
-kernels of this folder; `--device gpu`). Train with this file itself with `--device reference`.
+same results up to float rounding, computed in layouts and orders chosen for speed; `--device
+cpu`) and cupy_ops.py (the CUDA kernels of this folder; `--device gpu`). Train with this file
+itself with `--device reference`.
 
 Conventions (as in the cs231n layer files):
     out, cache = op_forward(x, ...)
