@@ -23,10 +23,11 @@ operands come and go before the warm-up, below a paper-size step's peak).
 Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backward and
 sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
 in the module at each call), the losses are timed through a proxy around `ops`, and the GEMM and
-im2col/col2im helpers are timed by wrapping them: in kernels.numpy_ops (the convolutions call them
-through the module, so the wrapper sees every call), and on a cupy_ops.CudaOps object (its
-`_gemm`, `im2col`, `col2im`, called through self). Everything is restored afterwards. Phase times
-are exclusive: a D forward inside the G step's loss counts as D forward, not as losses.
+im2col/col2im helpers are timed by wrapping them: in the NumPy backends' modules (kernels.fast_cpu's
+_gemm, _unfold, _fold, _add_taps; kernels.numpy_ops' im2col and col2im: the convolutions call them
+through the module, so the wrapper sees every call), and on a cupy_ops.CudaOps object (its `_gemm`,
+`im2col`, `col2im`, called through self). Everything is restored afterwards. Phase times are
+exclusive: a D forward inside the G step's loss counts as D forward, not as losses.
 
 Clocks: on the CPU, host timestamps. On the GPU, CUDA events recorded in stream order (EventClock):
 nothing waits for the device while the iterations run (a sync around every phase and GEMM would
@@ -48,7 +49,7 @@ MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backw
                 "discriminator_forward": "D forward", "discriminator_backward": "D backward",
                 "sgd_update": "update", "adam_update": "update"}
 LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
-# kernels.numpy_ops helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
+# the CPU backends' helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
 GEMM_HELPERS = ("_gemm",)
 UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold", "_add_taps")
 SGEMM_SHAPE = (8192, 6400, 256)          # (M, K, N) of the reference GEMM
@@ -155,6 +156,25 @@ def analytic_gflop(config, batch, counted_gflop=None):
     else:
         label = min(variants, key=lambda v: abs(variants[v] - counted_gflop))
     return variants[label], label
+
+
+def taps_border_gflop(config, batch, ops):
+    """GFLOP per train_step that a backend's taps-path convolutions (fast_cpu.use_taps) multiply on
+    top of the analytic work: their GEMM runs over the padded input pixels, C_in C_out k^2 (Hp Wp -
+    Ho Wo) more multiply-adds per sample and forward. 0 for a backend without that path."""
+    use_taps = getattr(ops, "use_taps", None)
+    if use_taps is None:
+        return 0.0
+    extra = {"G": 0, "D": 0}
+    for net, j, _, c_in, c_out, k, px in conv_layers(config):
+        pad = k // 2 if net == "G" else 0
+        side_out = int(round(px ** 0.5))
+        padded = (side_out + k - 1) ** 2 if net == "D" else (side_out + 2 * pad) ** 2
+        if use_taps(c_in, c_out, padded, px):
+            extra[net] += c_in * c_out * k * k * (padded - px)
+    # G forwards: the G step's, and the D step's predictions; D forwards: 2N in the D step, N in the G step
+    g_passes, d_passes = (2, 3) if config["lam_adv"] else (1, 0)
+    return 2 * batch * (g_passes * extra["G"] + d_passes * extra["D"]) / 1e9
 
 
 # ----------------------------------------------------------------------------- timing
@@ -380,7 +400,7 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
     lr_g = fp.lr_g_at(0, 2)
     print(f"benchmark: {n} timed iteration{'s' * (n != 1)} of Algorithm 1 after 1 warm-up; batch {batch}, "
           f"loss {config['loss']}, width {config['width']:g}, patch {config['patch']}, backend {ops.name}")
-    if ops.name == "cpu":
+    if ops.name != "gpu":
         for line in blas_info():
             print("  " + line)
     sys.stdout.flush()
@@ -411,7 +431,8 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
 
     ms = 1e3 / n
     counted = sum(timer.flop.values()) / n / 1e9
-    gflop, variant = analytic_gflop(config, batch, counted if counted else None)
+    border = taps_border_gflop(config, batch, ops)
+    gflop, variant = analytic_gflop(config, batch, counted - border if counted else None)
     have_gemm = bool(timer.calls["gemm"])
     have_unfold = bool(timer.calls["unfold"])
 
@@ -435,8 +456,10 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
         print(f"GEMM: {tot['g'] / tot['t'] * 100:.1f}% of the step, {timer.calls['gemm'] / n:.0f} calls/step; "
               f"im2col/col2im: {tot['u'] / tot['t'] * 100:.1f}%, {timer.calls['unfold'] / n:.0f} calls/step; "
               f"everything else: {(tot['t'] - tot['g'] - tot['u']) / tot['t'] * 100:.1f}%")
-        diff = (counted - gflop) / gflop
-        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs counted {counted:.2f} ({100 * diff:+.2f}%"
+        diff = (counted - border - gflop) / gflop
+        print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs counted {counted:.2f}"
+              + (f", {border:.2f} of them on the padded borders of the taps path" if border else "")
+              + f" ({100 * diff:+.2f}%"
               + ("" if abs(diff) < 0.005 else ": the analytic model is out of date") + ")")
     else:
         print(f"work: analytic {gflop:.2f} GFLOP/step ({variant}); GEMMs not counted on this backend")

@@ -9,12 +9,15 @@ Read beside the paper (and ../shared/SPEC.md):
   Table 1             -> G_TABLE, D_TABLE
 
 Parameters live in a flat dict whose keys are the checkpoint's: "G/scale{k}/conv{i}/weight", ...
-`ops` is a backend from kernels.load_backend (NumPy or CUDA); nothing here branches on which.
+`ops` is a backend from kernels.load_backend (the NumPy reference, the fast CPU backend or CUDA);
+nothing here branches on which, but for one speed choice a backend may ask for (d_loss_batched).
+Backward passes skip the gradients nobody needs by one rule, `Skip`.
 """
 import json
 import os
 import sys
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -161,31 +164,54 @@ def init_params(config, seed=0, dtype=np.float32, zero_last=False):
     return params
 
 
+# ----------------------------------------------------------------------------- gradients nobody needs
+class Skip(NamedTuple):
+    """The gradients a backward pass leaves out, because nothing uses them (the one rule by which
+    the backward passes here do less than the full chain rule):
+
+    data:   how many of the input's leading channels are data. Every input of G and D begins with
+            the history X_k (sections 2.1, 2.2), which is data; the whole input is data for G'_1
+            (X_1 alone) and for D in its own step (G is fixed: Y_hat_k is data too).
+    params: True when the parameters are held fixed: D's in G's step (Algorithm 1).
+
+    The input gradient then covers the channels after the data only (None when all are data)."""
+    data: int = 0
+    params: bool = False
+
+
+def _conv2d_backward(ops, dout, conv_cache, c_in, skip):
+    """ops.conv2d_backward without what `skip` leaves out, for an input of c_in channels.
+    -> d of the input channels skip.data: (None if all are data), dw, db (None if params fixed)."""
+    wanted = skip.data < c_in
+    return ops.conv2d_backward(dout, conv_cache, need_dx=wanted, need_dw=not skip.params,
+                               dx_from=skip.data if wanted else 0)
+
+
 # ----------------------------------------------------------------------------- shared layers
 def _conv_stack_forward(ops, params, prefix, x, n_layers, mode, relu_last):
     """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches."""
     caches = []
     for i in range(1, n_layers + 1):
+        c_in = x.shape[1]
         x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"], mode)
         relu_cache = None
         if i < n_layers or relu_last:
             x, relu_cache = ops.relu_forward(x)
-        caches.append((conv_cache, relu_cache))
+        caches.append((conv_cache, relu_cache, c_in))
     return x, caches
 
 
-def _conv_stack_backward(ops, prefix, dout, caches, grads, dx_from=None, need_param_grads=True):
-    """Backward of _conv_stack_forward; adds the parameter gradients to grads (unless
-    need_param_grads is False); returns the gradient of the stack's input channels dx_from: on,
-    or None when dx_from is None (no input channel needs one)."""
+def _conv_stack_backward(ops, prefix, dout, caches, grads, skip=Skip()):
+    """Backward of _conv_stack_forward, last layer first. Adds the parameter gradients to grads
+    (unless skip.params); returns the gradient of the stack's input channels after its skip.data
+    data channels (None when all are data)."""
     for i in range(len(caches), 0, -1):
-        conv_cache, relu_cache = caches[i - 1]
+        conv_cache, relu_cache, c_in = caches[i - 1]
         if relu_cache is not None:
             dout = ops.relu_backward(dout, relu_cache)
-        first = i == 1
-        dout, dw, db = ops.conv2d_backward(dout, conv_cache, need_dx=not first or dx_from is not None,
-                                           need_dw=need_param_grads, dx_from=(dx_from or 0) if first else 0)
-        if need_param_grads:
+        layer_skip = skip if i == 1 else skip._replace(data=0)       # only the stack's input holds data
+        dout, dw, db = _conv2d_backward(ops, dout, conv_cache, c_in, layer_skip)
+        if not skip.params:
             grads[f"{prefix}/conv{i}/weight"], grads[f"{prefix}/conv{i}/bias"] = dw, db
     return dout
 
@@ -226,18 +252,21 @@ def generator_forward(ops, params, config, X):
 
 
 def generator_backward(ops, params, config, dpreds, caches):
-    """dpreds: {k: dL/dY_hat_k} -> gradients of every G parameter (dict)."""
+    """dpreds: {k: dL/dY_hat_k} -> gradients of every G parameter (dict). Eq. 1 in reverse, finest
+    scale first: each Y_hat_(k-1) gets the gradient of its own loss terms and, through u_k, of scale k."""
     grads, d_coarse = {}, None
     scales = config["scales"]
     for j in range(len(scales) - 1, -1, -1):
         k = scales[j]
         stack, tanh_cache, x_channels = caches[k]
         dpred = dpreds[k] if d_coarse is None else dpreds[k] + d_coarse
-        dh = ops.tanh_backward(dpred, tanh_cache)
-        # the input's data channels X_k need no gradient, only the coarse guess u_k(Y_hat_(k-1))
-        d_up = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, dx_from=x_channels if j > 0 else None)
+        dh = ops.tanh_backward(dpred, tanh_cache)                            # Y_hat_k = tanh(h)
+        # h = G'_k(concat(X_k, up)) + up, up = u_k(Y_hat_(k-1)) (at scale 1: h = G'_1(X_1)). X_k is
+        # data (Skip): the stack returns the gradient of the concatenation's second part, up, alone
+        d_up_through_g = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, Skip(data=x_channels))
         if j > 0:
-            d_coarse = ops.upsample_backward(d_up + dh, 2)                   # concat input + residual
+            d_up = d_up_through_g + dh                                       # up reaches h twice
+            d_coarse = ops.upsample_backward(d_up, 2)
     return grads
 
 
@@ -424,7 +453,7 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
         if i < n_fc:
             h, relu_cache = ops.relu_forward(h)
         fc_caches.append((fc_cache, relu_cache))
-    return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1])
+    return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1], Y_k.shape[1])
 
 
 def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, need_param_grads=True):
@@ -433,38 +462,60 @@ def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, 
 
     The candidate's gradient is the path of the adversarial loss into G (G step only, where D is
     held fixed and its parameter gradients are not needed)."""
-    stack, pool_cache, flat_cache, fc_caches, x_channels = cache
+    stack, pool_cache, flat_cache, fc_caches, x_channels, y_channels = cache
+    # D's input is concat(X_k, Y_k): X_k is data, and so is the candidate Y_k unless G wants its gradient
+    skip = Skip(data=x_channels if need_candidate_grad else x_channels + y_channels, params=not need_param_grads)
     grads, d = {}, dlogits
     for i in range(len(fc_caches), 0, -1):
         fc_cache, relu_cache = fc_caches[i - 1]
         if relu_cache is not None:
             d = ops.relu_backward(d, relu_cache)
-        d, dw, db = ops.fc_backward(d, fc_cache, need_dw=need_param_grads)
-        if need_param_grads:
+        d, dw, db = ops.fc_backward(d, fc_cache, need_dw=not skip.params)
+        if not skip.params:
             grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = dw, db
     d = ops.flatten_backward(d, flat_cache)
     if pool_cache is not None:
         d = ops.maxpool2_backward(d, pool_cache)
-    # of D's input concat(X_k, Y_k), only the candidate Y_k's channels need a gradient
-    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, dx_from=x_channels if need_candidate_grad else None,
-                             need_param_grads=need_param_grads)
+    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, skip)   # concat's second part, Y_k, or None
     return grads, d
 
 
 # ----------------------------------------------------------------------------- losses
 def d_loss(ops, params, config, X, Y, preds):
-    """D's loss, section 2.2: sum_k L_bce(D_k(X_k, Y_k), 1) + L_bce(D_k(X_k, Y_hat_k), 0).
+    """D's loss, section 2.2, G fixed: sum_k L_bce(D_k(X_k, Y_k), 1) + L_bce(D_k(X_k, Y_hat_k), 0).
+    -> (loss, grads of D's parameters, accuracy on real samples, accuracy on generated ones), the
+    accuracies being the fractions of D's decisions that are right (logit > 0 for real, < 0 for
+    generated), averaged over the scales."""
+    total, grads, acc_real, acc_fake = 0.0, {}, [], []
+    for k in config["scales"]:
+        X_k, Y_k = downscale(ops, X, k), downscale(ops, Y, k)
+        real, real_cache = discriminator_forward(ops, params, config, X_k, Y_k, k)
+        fake, fake_cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
+        loss_real, d_real = ops.bce_logits_loss(real, 1.0)               # L_bce(D_k(X_k, Y_k), 1)
+        loss_fake, d_fake = ops.bce_logits_loss(fake, 0.0)               # L_bce(D_k(X_k, Y_hat_k), 0)
+        total += float(loss_real) + float(loss_fake)
+        g_real, _ = discriminator_backward(ops, config, d_real, real_cache, k, need_candidate_grad=False)
+        g_fake, _ = discriminator_backward(ops, config, d_fake, fake_cache, k, need_candidate_grad=False)
+        grads.update({key: g_real[key] + g_fake[key] for key in g_real})
+        acc_real.append(float(np.mean(ops.to_host(real) > 0)))
+        acc_fake.append(float(np.mean(ops.to_host(fake) < 0)))
+    return total, grads, float(np.mean(acc_real)), float(np.mean(acc_fake))
 
-    Real and generated samples go through D_k as one batch of 2N; the BCE mean over 2N is
-    doubled so that it equals the sum of the two means. -> (loss, grads, accuracy real, accuracy fake).
-    """
+
+# Speed, not the paper: the two terms of d_loss in one pass of D_k over a batch of 2N (real
+# samples first, then generated ones), which saves a backend's per-call costs (Python, kernel
+# launches, small GEMMs). A backend asks for it with `batch_d_terms = True` (fast_cpu, cupy_ops);
+# the reference runs d_loss as written. tests/test_wiring.py checks the two agree.
+def d_loss_batched(ops, params, config, X, Y, preds):
+    """d_loss computed on one batch of 2N per scale; the BCE mean over 2N is doubled so that it
+    equals the sum of the two terms' means (and so is the gradient). Same return values as d_loss."""
     total, grads, acc_real, acc_fake = 0.0, {}, [], []
     n = X.shape[0]
     target = ops.asarray(np.repeat([1.0, 0.0], n)[:, None], dtype=preds[config["scales"][-1]].dtype)
     for k in config["scales"]:
         X_k, Y_k = downscale(ops, X, k), downscale(ops, Y, k)
-        history = _batch_concat(ops, X_k, X_k)
-        candidates = _batch_concat(ops, Y_k, preds[k])
+        history = ops.xp.concatenate([X_k, X_k], axis=0)
+        candidates = ops.xp.concatenate([Y_k, preds[k]], axis=0)
         logits, cache = discriminator_forward(ops, params, config, history, candidates, k)
         loss, dlogits = ops.bce_logits_loss(logits, target)
         g, _ = discriminator_backward(ops, config, 2 * dlogits, cache, k, need_candidate_grad=False)
@@ -474,11 +525,6 @@ def d_loss(ops, params, config, X, Y, preds):
         acc_real.append(float(np.mean(z[:n] > 0)))
         acc_fake.append(float(np.mean(z[n:] < 0)))
     return total, grads, float(np.mean(acc_real)), float(np.mean(acc_fake))
-
-
-def _batch_concat(ops, a, b):
-    """Stack two (N, C, H, W) batches into (2N, C, H, W)."""
-    return ops.xp.concatenate([a, b], axis=0)
 
 
 def g_loss(ops, params, config, X, Y, preds, use_adv=True):
@@ -556,7 +602,8 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     adversarial=False drops the adversarial term from G's loss: the warm-up of G on its
     l_p + GDL terms. train_d: whether D takes its step (default: adversarial); D may learn
     during G's warm-up so that it can already tell G's predictions from the truth when its term
-    joins G's loss. Returns the loss terms and D's accuracies, for logging.
+    joins G's loss. Returns the loss terms and D's accuracies, for logging. D's loss is d_loss,
+    or d_loss_batched (the same value in one pass of D over 2N samples) when the backend asks for it.
     """
     log = {}
     use_adv = bool(config["lam_adv"]) and adversarial
@@ -564,7 +611,8 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     if config["lam_adv"] and train_d:
         X, Y = d_batch
         preds, _ = generator_forward(ops, params, config, X)
-        log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = d_loss(ops, params, config, X, Y, preds)
+        loss_fn = d_loss_batched if getattr(ops, "batch_d_terms", False) else d_loss
+        log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = loss_fn(ops, params, config, X, Y, preds)
         _update(ops, params, grads, lr_d, opt, "D")
     X, Y = g_batch
     preds, caches = generator_forward(ops, params, config, X)
@@ -821,6 +869,7 @@ def predict(args):
 def build_parser():
     """``python framepred.py COMMAND ...``; each subcommand sets func(args) -> exit status."""
     import argparse
+    from kernels import DEVICES
 
     parser = argparse.ArgumentParser(prog="framepred.py", description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -837,7 +886,8 @@ def build_parser():
     p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",
                    help="number of frames to predict (default %(default)s)")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto, cpu, gpu, or reference (the plain NumPy ops) (default %(default)s)")
     p.add_argument("--memory", type=positive_float, default=DEFAULT_TILE_MEMORY / 2 ** 20, metavar="MIB",
                    help="budget for one pass of G, in MiB (the frames themselves come on top): a larger "
                         "frame runs in more tiles, not in more memory (default %(default)g)")

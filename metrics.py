@@ -1221,6 +1221,7 @@ def build_parser():
     Subcommands register here: p = sub.add_parser(name, ...); p.set_defaults(func=handler),
     where handler(args) returns the exit status.
     """
+    from kernels import DEVICES
     parser = argparse.ArgumentParser(prog="metrics.py", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser(
@@ -1243,7 +1244,8 @@ def build_parser():
     p.add_argument("--clips", type=_positive_int, default=32, help="number of test clips (default %(default)s)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="center crop of the test frames "
                    "(multiples of 8); default: the whole frame (synthetic: 64x64)")
-    p.add_argument("--device", choices=["cpu", "gpu", "auto"], default="auto", help="default %(default)s")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto, cpu, gpu, or reference (the plain NumPy ops) (default %(default)s)")
     p.add_argument("--out", default="evaluation", metavar="DIR", help="output folder (default %(default)s)")
     p.add_argument("--batch", type=_positive_int, default=4, metavar="B",
                    help="clips per generator pass (default %(default)s)")

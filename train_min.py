@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import data
 import framepred as fp
 import metrics
-from kernels import BackendError, load_backend
+from kernels import DEVICES, BackendError, load_backend
 
 # paper: Table 1's widths with the paper's optimiser and rates (section 4.1), no warm-up.
 # small: 1/8 of the widths for a CPU, a visible result in about 10 minutes on 2 cores. Its
@@ -70,8 +70,10 @@ def build_parser():
                    help="loss preset, the rows of the paper's Table 2 (section 3): "
                         + _loss_presets_text().replace("%", "%%")
                         + ". The overrides below change one term (default: %(default)s)")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="auto takes the GPU when CuPy sees one, else the CPU (default: %(default)s)")
+    p.add_argument("--device", choices=list(DEVICES), default="auto",
+                   help="auto takes the GPU when CuPy sees one, else the CPU; cpu: the fast CPU backend; "
+                        "reference: the plain NumPy reference, kernels/numpy_ops.py (slower, for reading "
+                        "and checking) (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")

@@ -139,6 +139,7 @@ class CudaOps:
     """
 
     name = "gpu"
+    batch_d_terms = True    # framepred.train_step: D's real and generated terms as one batch (fewer launches)
 
     def __init__(self, xp=None, launch=None, block=BLOCK, max_blocks=MAX_BLOCKS):
         if xp is None:

@@ -1,7 +1,11 @@
-"""The NumPy backend: every op's forward and backward, written by hand.
+"""The NumPy reference: every op's forward and backward, written by hand, plainly.
 
-This file is the reference. The CUDA kernels in this folder (cupy_ops.py) offer the
-same names and signatures and are tested against these functions.
+This file is the reference, meant to be read in one sitting: no global state, no threads,
+contiguous (N, C, H, W) outputs; the convolution is im2col and one GEMM. Two other backends
+offer the same names and signatures and are tested against these functions: fast_cpu.py (the
+same results up to float rounding, computed in layouts and orders chosen for speed; `--device
+cpu`) and cupy_ops.py (the CUDA kernels of this folder; `--device gpu`). Train with this file
+itself with `--device reference`.
 
 Conventions (as in the cs231n layer files):
     out, cache = op_forward(x, ...)
@@ -10,13 +14,10 @@ Losses return (value, gradient) in one call. Arrays are (N, C, H, W) images or (
 vectors, float32 in training and float64 in the gradient checks: every op keeps the
 dtype it is given.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 xp = np
-name = "cpu"
+name = "reference"
 
 
 def _check_rank(x, rank, what):
@@ -25,64 +26,9 @@ def _check_rank(x, rank, what):
 
 
 # --------------------------------------------------------------------------- conv2d
-def _gemm(a, b, out=None):
-    """Every matrix product of the convolutions and fully connected layers (one place to time them)."""
-    return np.matmul(a, b, out=out)
-
-
-_scratch_buffers = {}
-
-
-def _scratch(shape, dtype):
-    """An uninitialised C-contiguous array in a buffer kept for the next call (one per dtype,
-    grown to the largest size asked). For the unfolded windows of the convolutions: the largest
-    temporaries of a training step (up to C_in k^2 x N H W), each dead before the next is made,
-    so reusing one buffer saves the page faults and zeroing of a fresh allocation every time.
-    Whatever is in it is overwritten by the next call: never return it from an op."""
-    dtype = np.dtype(dtype)
-    size = int(np.prod(shape))
-    buf = _scratch_buffers.get(dtype)
-    if buf is None or buf.size < size:
-        _scratch_buffers.pop(dtype, None)           # free the old buffer before the larger one
-        buf = _scratch_buffers[dtype] = np.empty(size, dtype)
-    return buf[:size].reshape(shape)
-
-
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-_PARALLEL_MIN = 1 << 20            # elements: below this a copy is not worth handing to threads
-_pool = None
-
-
-def _forget_pool():
-    global _pool
-    _pool = None                   # a forked child has none of the parent's threads
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _on_all_cores(fn, length, size):
-    """fn(part) for `part` slices that cover range(length), one per core, in threads, when the work
-    (`size` elements) is large; else fn(slice(None)) here. For the unfolding copies and the folding
-    sums, which NumPy runs on one core (releasing the GIL) while the GEMMs use them all. Each element
-    is handled by exactly one part, in the same order as the serial call: the results are identical."""
-    global _pool
-    parts = min(_CORES, length)
-    if parts < 2 or size < _PARALLEL_MIN:
-        fn(slice(None))
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(_CORES - 1, thread_name_prefix="numpy_ops")
-    bounds = [length * p // parts for p in range(parts + 1)]
-    others = [_pool.submit(fn, slice(a, b)) for a, b in zip(bounds[1:-1], bounds[2:])]
-    fn(slice(bounds[0], bounds[1]))                               # the first part on this thread
-    for f in others:
-        f.result()
-
-
 def conv_output_size(h, w, k, mode):
-    """Output side for stride 1: 'same' keeps (h, w); 'valid' gives (h - k + 1, w - k + 1)."""
+    """Output side of a stride-1 convolution: Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1,
+    with pad = k // 2 for 'same' (so Ho = H, Wo = W) and pad = 0 for 'valid' (H - k + 1, W - k + 1)."""
     if mode == "same":
         return h, w
     return h - k + 1, w - k + 1
@@ -120,10 +66,9 @@ def check_dx_from(dx_from, c_in):
 def im2col(x, k, pad):
     """Unfold every k x k window of x into one row.
 
-    x: (N, C, H, W) -> cols: (N*Ho*Wo, C*k*k), Ho = H + 2 pad - k + 1.
+    x: (N, C, H, W) -> cols: (N*Ho*Wo, C*k*k), Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1.
     Row n*Ho*Wo + y*Wo + x0 holds window (y, x0) of sample n; column c*k*k + i*k + j
     holds x_padded[n, c, y + i, x0 + j]. The CUDA im2col writes the same layout.
-    (conv2d here uses _unfold, this matrix transposed, which suits NCHW data and BLAS better.)
     """
     n, c, h, w = x.shape
     xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
@@ -136,9 +81,10 @@ def im2col(x, k, pad):
 def col2im(cols, x_shape, k, pad):
     """Adjoint of im2col: add every window's entries back onto the pixels they came from.
 
-    cols: (N*Ho*Wo, C*k*k) -> dx: (N, C, H, W). A sum of k*k shifted slices (a loop over
-    kernel taps, not pixels), so it is deterministic; the CUDA version is a gather with one
-    thread per dx element.
+    cols: (N*Ho*Wo, C*k*k) -> dx: (N, C, H, W), contiguous. Each pixel gathers the k*k entries
+    that its taps (i, j) took from it, added in tap order (a loop over the k*k taps, each one
+    shifted slice, not over pixels): deterministic, and the order the CUDA col2im (one thread per
+    dx element) adds them in.
     """
     n, c, h, w = x_shape
     ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
@@ -147,140 +93,54 @@ def col2im(cols, x_shape, k, pad):
     for i in range(k):
         for j in range(k):
             dxp[:, :, i:i + ho, j:j + wo] += cols6[:, :, i, j]
-    return dxp[:, :, pad:pad + h, pad:pad + w]
-
-
-def _padded(x, pad):
-    """x (N, C, H, W), any strides -> channel-major (C, N, H + 2 pad, W + 2 pad) with zero borders
-    (a view of x when pad is 0)."""
-    n, c, h, w = x.shape
-    xc = x.transpose(1, 0, 2, 3)                                  # (C, N, H, W), free if channel-major
-    if not pad:
-        return xc
-    xp_ = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=x.dtype)
-    xp_[:, :, pad:pad + h, pad:pad + w] = xc
-    return xp_
-
-
-def _unfold(x, k, pad):
-    """im2col's matrix transposed, built directly: x (N, C, H, W), any strides ->
-    (C*k*k, N*Ho*Wo) in a scratch buffer (see _scratch), row c*k*k + i*k + j, column
-    n*Ho*Wo + y*Wo + x0 holding x_padded[n, c, y + i, x0 + j].
-
-    With the weight as a (C_out, C_in*k*k) matrix on its left, the GEMM gives (C_out, N*Ho*Wo):
-    the output channel-major, which is also the layout this function reads fastest (the copy
-    runs along contiguous image rows), so the output of one layer feeds the next with no transpose.
-    """
-    n, c, h, w = x.shape
-    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-    windows = np.lib.stride_tricks.sliding_window_view(_padded(x, pad), (k, k), axis=(2, 3))  # (C, N, Ho, Wo, k, k)
-    cols = _scratch((c, k, k, n, ho, wo), x.dtype)
-    windows = windows.transpose(0, 4, 5, 1, 2, 3)                # (C, k, k, N, Ho, Wo)
-    _on_all_cores(lambda part: np.copyto(cols[part], windows[part]), c, cols.size)    # one copy
-    return cols.reshape(c * k * k, n * ho * wo)
-
-
-def _fold(cols, x_shape, k, pad):
-    """Adjoint of _unfold: (C*k*k, N*Ho*Wo) -> dx (N, C, H, W), a channel-major view. The taps are
-    added in col2im's order, one shifted slice each, so the sums equal col2im's exactly."""
-    n, c, h, w = x_shape
-    ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-    cols6 = cols.reshape(c, k, k, n, ho, wo)
-    dxp = np.zeros((c, n, h + 2 * pad, w + 2 * pad), dtype=cols.dtype)
-
-    def add_taps(part):
-        for i in range(k):
-            for j in range(k):
-                dxp[part, :, i:i + ho, j:j + wo] += cols6[part, i, j]
-
-    _on_all_cores(add_taps, c, cols.size)
-    return dxp[:, :, pad:pad + h, pad:pad + w].transpose(1, 0, 2, 3)
-
-
-def _add_taps(z, k, ho, wo):
-    """z: (C, k, k, N, Hp, Wp) -> (C, N, Ho, Wo), the sum over the taps (i, j), in order, of the
-    shifted slices z[:, i, j, :, i:i + Ho, j:j + Wo]: the 'same' convolution of a thin output from
-    each tap's weights multiplied into every padded pixel."""
-    out = z[:, 0, 0, :, :ho, :wo].copy()
-    for t in range(1, k * k):
-        i, j = divmod(t, k)
-        out += z[:, i, j, :, i:i + ho, j:j + wo]
-    return out
-
-
-def _rows(a):
-    """(N, C, H, W) -> (C, N*H*W): free when a is channel-major (as conv2d's outputs are), else one copy."""
-    return a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1)
+    return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
 
 
 def conv2d_forward(x, w, b, mode):
-    """Stride-1 convolution (cross-correlation, as in Torch), one GEMM.
+    """Stride-1 convolution (cross-correlation, as in Torch): im2col, then one GEMM.
 
-    x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,)
+    x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,).
     mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's).
-    out: (N, C_out, Ho, Wo), Ho = H for 'same', H - k + 1 for 'valid': a view of a channel-major
-    (C_out, N, Ho, Wo) array, which is what the GEMM gives and what the next layer reads fastest.
+    -> out: (N, C_out, Ho, Wo), Ho = H + 2 pad - k + 1 (= H for 'same', H - k + 1 for 'valid'),
+       cache: (x, w, pad).
+
+        cols = im2col(x)                    (N*Ho*Wo, C_in*k*k)
+        out  = cols @ W^T + b               (N*Ho*Wo, C_out), W = w as (C_out, C_in*k*k)
     """
     pad = conv_check(x.shape, w.shape, mode)
     n, _, h, wd = x.shape
     c_out, _, k, _ = w.shape
     ho, wo = conv_output_size(h, wd, k, mode)
-    c_in, hp, wp = x.shape[1], h + 2 * pad, wd + 2 * pad
-    if 4 * c_out * hp * wp <= c_in * ho * wo:
-        # A thin output (G's last layers, 3n channels): the unfolded x would be C_in k k x N Ho Wo
-        # for a GEMM of only C_out rows. Instead multiply each tap's weights into every padded
-        # pixel, (C_out k k, C_in) @ (C_in, N Hp Wp), and add the taps' shifted slices.
-        z = _gemm(w.transpose(0, 2, 3, 1).reshape(c_out * k * k, c_in), _padded(x, pad).reshape(c_in, -1))
-        out = _add_taps(z.reshape(c_out, k, k, n, hp, wp), k, ho, wo)
-        out += b[:, None, None, None]
-    else:
-        out = _gemm(w.reshape(c_out, -1), _unfold(x, k, pad))  # (C_out, N*Ho*Wo)
-        out += b[:, None]
-        out = out.reshape(c_out, n, ho, wo)
-    # The backward unfolds x or dout again: memory for one layer's columns, not every layer's.
-    return out.transpose(1, 0, 2, 3), (x, w, pad)
+    rows = im2col(x, k, pad) @ w.reshape(c_out, -1).T + b              # (N*Ho*Wo, C_out)
+    out = np.ascontiguousarray(rows.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2))
+    return out, (x, w, pad)        # the backward unfolds x again: one layer's columns in memory at a time
 
 
 def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
     """dout: (N, C_out, Ho, Wo) -> dx (N, C_in - dx_from, H, W) or None, dw (C_out, C_in, k, k) or
     None, db (C_out,) or None.
 
-    need_dx=False skips the input gradient (G's first layers see only data); dx_from > 0 computes
-    it for the input channels dx_from: only (the channels before them see only data); need_dw=False
-    skips the parameter gradients dw and db (D held fixed in G's step).
+        D    = dout as (N*Ho*Wo, C_out)
+        dW   = D^T @ im2col(x)                       one GEMM
+        db   = column sums of D
+        dx   = col2im(D @ W)                         one GEMM, then the windows added back
 
-    'same' (G): both gradients come from one unfolding of dout (padded by k // 2, taps flipped),
-    U = (C_out k k, N H W): dx = W' U is the 'same' convolution of dout with the kernel flipped and
-    its in and out channels swapped, and dw = U x^T, flipped back; no unfolding of x, no col2im.
-    'valid' (D): dw from the unfolded x as in the forward; dx from the columns' gradient W^T dout,
-    added back onto the pixels (_fold): the full convolution would cost (H / Ho)^2 more.
+    Gradients nobody needs can be skipped: need_dx=False gives no dx (an input that is all data);
+    dx_from > 0 gives dx for the input channels dx_from: only (the channels before them are data);
+    need_dw=False gives neither dw nor db (parameters held fixed).
     """
     x, w, pad = cache
     n, c_in, h, wd = x.shape
     c_out, _, k, _ = w.shape
     check_dx_from(dx_from, c_in)
-    d_rows = _rows(dout)                                          # (C_out, N*Ho*Wo)
+    d_rows = dout.transpose(0, 2, 3, 1).reshape(-1, c_out)             # (N*Ho*Wo, C_out)
     dx = dw = db = None
     if need_dw:
-        db = d_rows.sum(axis=1)
-    if 2 * pad == k - 1:                                          # 'same' (and any 1 x 1)
-        if not (need_dw or need_dx):
-            return None, None, None
-        u = _unfold(dout, k, pad)                                 # (C_out k k, N H W), taps (i', j')
-        if need_dw:
-            # U x^T: (C_out, k, k, C_in), tap (i', j') holding dw's tap (k-1-i', k-1-j')
-            dw_u = _gemm(u, _rows(x).T).reshape(c_out, k, k, c_in)
-            dw = np.ascontiguousarray(dw_u[:, ::-1, ::-1].transpose(0, 3, 1, 2))
-        if need_dx:
-            w_t = w[:, dx_from:, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in - dx_from, -1)
-            dx = _gemm(w_t, u).reshape(c_in - dx_from, n, h, wd).transpose(1, 0, 2, 3)
-        return dx, dw, db
-    if need_dw:
-        dw = _gemm(d_rows, _unfold(x, k, pad).T).reshape(w.shape)  # (C_out, N Ho Wo) @ (N Ho Wo, C_in k k)
+        dw = (d_rows.T @ im2col(x, k, pad)).reshape(w.shape)
+        db = d_rows.sum(axis=0)
     if need_dx:
-        c_dx = c_in - dx_from
-        dcols = _gemm(w[:, dx_from:].reshape(c_out, -1).T, d_rows, out=_scratch((c_dx * k * k, d_rows.shape[1]), x.dtype))
-        dx = _fold(dcols, (n, c_dx, h, wd), k, pad)
+        w_rows = w[:, dx_from:].reshape(c_out, -1)                      # (C_out, (C_in - dx_from)*k*k)
+        dx = col2im(d_rows @ w_rows, (n, c_in - dx_from, h, wd), k, pad)
     return dx, dw, db
 
 
@@ -290,17 +150,17 @@ def fc_forward(x, w, b):
     _check_rank(x, 2, "fc")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
-    return _gemm(x, w.T) + b, (x, w)
+    return x @ w.T + b, (x, w)
 
 
 def fc_backward(dout, cache, need_dw=True):
-    """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in) or None, db (D_out,) or None.
+    """dout: (N, D_out) -> dx (N, D_in) = dout w, dw (D_out, D_in) = dout^T x, db (D_out,).
 
-    need_dw=False skips the parameter gradients (D held fixed in G's step)."""
+    need_dw=False skips the parameter gradients (dw and db None: parameters held fixed)."""
     x, w = cache
     if not need_dw:
-        return _gemm(dout, w), None, None
-    return _gemm(dout, w), _gemm(dout.T, x), dout.sum(axis=0)
+        return dout @ w, None, None
+    return dout @ w, dout.T @ x, dout.sum(axis=0)
 
 
 # --------------------------------------------------------------------------- activations

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import emulator
-from kernels import BackendError, cupy_ops, load_backend, numpy_ops as ref
+from kernels import BackendError, cupy_ops, fast_cpu, load_backend, numpy_ops as ref
 
 EXACT = dict(atol=0.0, rtol=0.0)
 ELEMENTWISE = dict(atol=1e-6, rtol=1e-5)
@@ -345,9 +345,12 @@ def test_cuda_load_backend_without_gpu_says_why(capsys):
         pytest.skip("a GPU is usable here")
     with pytest.raises(BackendError, match="--device gpu: no usable GPU"):
         load_backend("gpu")
-    assert load_backend("auto") is ref
+    assert load_backend("auto") is fast_cpu
     assert "running on the CPU" in capsys.readouterr().out
-    assert load_backend("cpu") is ref
+    assert load_backend("cpu") is fast_cpu
+    assert load_backend("reference") is ref
+    with pytest.raises(BackendError, match="--device must be one of auto, cpu, gpu, reference"):
+        load_backend("tpu")
 
 
 # --------------------------------------------------------------------------- the harness itself

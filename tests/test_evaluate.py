@@ -3,6 +3,7 @@
 videos. The CLIs run in-process through main(argv) (fast); one subprocess each checks the exit
 status and that errors come without a traceback."""
 import csv
+import importlib
 import math
 import os
 import subprocess
@@ -234,7 +235,8 @@ def test_evaluate_subprocess_exit_status(tmp_path):
     assert r.returncode == 2 and "--checkpoint" in r.stderr        # argparse: required argument
 
 
-def test_evaluation_memory_is_bounded_on_a_640x360_video(tmp_path):
+@pytest.mark.parametrize("backend", ["fast_cpu", "numpy_ops"])
+def test_evaluation_memory_is_bounded_on_a_640x360_video(tmp_path, backend):
     """Evaluation on whole 640x360 frames runs G in tiles: the NumPy allocations it makes
     (tracemalloc) stay within its memory budget plus three times the batch's stacked input frames
     (the 1st and the recursive 2nd pass's inputs, the predictions), far below what G on the whole
@@ -249,10 +251,12 @@ def test_evaluation_memory_is_bounded_on_a_640x360_video(tmp_path):
     config = fp.make_config(m=4, n=1, width=TINY, loss="l2")
     model = dict(name="x", path="x", params=fp.init_params(config, seed=3), config=config)
     memory = 32 * 2 ** 20
-    ops._scratch_buffers.clear()               # the convolutions' reused buffer is allocated anew, and counted
+    backend = importlib.import_module("kernels." + backend)     # --device cpu, --device reference
+    if hasattr(backend, "_scratch_buffers"):
+        backend._scratch_buffers.clear()       # the convolutions' reused buffer is allocated anew, and counted
     tracemalloc.start()
     try:
-        first, second = metrics.model_predictions(ops, model, clips, batch=1, memory=memory)
+        first, second = metrics.model_predictions(backend, model, clips, batch=1, memory=memory)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

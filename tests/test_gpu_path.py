@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 import emulator
-from kernels import BackendError, cupy_ops, load_backend, numpy_ops
+from kernels import BackendError, cupy_ops, fast_cpu, load_backend
 
 
 def needs_compiler():
@@ -108,7 +108,7 @@ def test_probe_passes_and_gpu_is_chosen(with_cupy, capsys):
         ops = load_backend(device)
         assert isinstance(ops, cupy_ops.CudaOps) and ops.xp is cp and ops.name == "gpu"
     assert capsys.readouterr().out == ""
-    assert load_backend("cpu") is numpy_ops
+    assert load_backend("cpu") is fast_cpu
 
 
 @pytest.mark.parametrize("fail, devices, reason", [
@@ -119,7 +119,7 @@ def test_probe_passes_and_gpu_is_chosen(with_cupy, capsys):
 ])
 def test_failed_probe_falls_back_under_auto_and_stops_under_gpu(with_cupy, capsys, fail, devices, reason):
     with_cupy(fail=fail, devices=devices)
-    assert load_backend("auto") is numpy_ops
+    assert load_backend("auto") is fast_cpu
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith("device auto: running on the CPU") and f"({reason})" in out, out
     with pytest.raises(BackendError, match=r"^--device gpu: no usable GPU \(") as info:

@@ -76,11 +76,16 @@ def test_lr_g_schedule_is_geometric():
     assert fp.lr_g_at(25, 101) == pytest.approx(0.04 * (0.005 / 0.04) ** 0.25, rel=1e-12)
 
 
-def test_d_loss_equals_the_separate_real_and_generated_terms():
-    """d_loss = sum_k bce(D_k(X_k, Y_k), 1) + bce(D_k(X_k, Y_hat_k), 0), value and gradients, batch 2."""
+D_LOSSES = [pytest.param(fp.d_loss, id="d_loss"), pytest.param(fp.d_loss_batched, id="d_loss_batched")]
+
+
+@pytest.mark.parametrize("d_loss", D_LOSSES)
+def test_d_loss_equals_the_separate_real_and_generated_terms(d_loss):
+    """d_loss = sum_k bce(D_k(X_k, Y_k), 1) + bce(D_k(X_k, Y_hat_k), 0), value and gradients, batch 2;
+    and so does its 2N-batch form, d_loss_batched."""
     config, params, X, Y = small_case(batch=2)
     preds, _ = fp.generator_forward(ref, params, config, X)
-    total, grads, _, _ = fp.d_loss(ref, params, config, X, Y, preds)
+    total, grads, _, _ = d_loss(ref, params, config, X, Y, preds)
     want_total, want_grads, tile_shift = 0.0, {}, 0.0
     for k in config["scales"]:
         X_k = fp.downscale(ref, X, k)
@@ -99,18 +104,25 @@ def test_d_loss_equals_the_separate_real_and_generated_terms():
         np.testing.assert_allclose(grads[key], want, rtol=1e-10, atol=1e-12 * np.abs(want).max(), err_msg=key)
 
 
-def test_d_loss_accuracies_count_the_right_signs(monkeypatch):
+@pytest.mark.parametrize("d_loss", D_LOSSES)
+def test_d_loss_accuracies_count_the_right_signs(monkeypatch, d_loss):
     """d_loss's accuracies: real counted when z > 0, generated when z < 0 (0 for neither), mean over scales."""
     config, _, X, Y = small_case(batch=4)
     logits = {1: [2, -1, 0, 3, -1, -2, -3, 0],     # real 2/4, generated 3/4
               2: [1, 1, 1, 1, 1, -1, 2, 3],        # real 4/4, generated 1/4
               3: [-1, -1, -1, 1, -1, -1, -1, -1],  # real 1/4, generated 4/4
               4: [0, 0, 0, 0, 5, 6, 7, -8]}        # real 0/4, generated 1/4
-    monkeypatch.setattr(fp, "discriminator_forward",
-                        lambda ops, params, config, X_k, Y_k, k: (np.array(logits[k], float)[:, None], None))
+    preds = {k: fp.downscale(ref, Y, k) + 10 for k in config["scales"]}     # generated: values above 9
+
+    def fake_forward(ops, params, config, X_k, Y_k, k):       # the logits of the 2N samples, real ones first
+        z = np.array(logits[k], float)[:, None]
+        if len(Y_k) == len(z):                                 # real and generated in one batch
+            return z, None
+        return (z[len(Y_k):] if Y_k.min() > 9 else z[:len(Y_k)]), None
+
+    monkeypatch.setattr(fp, "discriminator_forward", fake_forward)
     monkeypatch.setattr(fp, "discriminator_backward", lambda *args, **kwargs: ({}, None))
-    preds = {k: fp.downscale(ref, Y, k) for k in config["scales"]}
-    _, _, acc_real, acc_fake = fp.d_loss(ref, {}, config, X, Y, preds)
+    _, _, acc_real, acc_fake = d_loss(ref, {}, config, X, Y, preds)
     assert acc_real == pytest.approx((2 + 4 + 1 + 0) / 16, abs=1e-12)
     assert acc_fake == pytest.approx((3 + 1 + 4 + 1) / 16, abs=1e-12)
 
