@@ -565,10 +565,11 @@ def lr_g_at(step, total_steps, start=LR_G_START, end=LR_G_END):
     return start * (end / start) ** (min(step, total_steps - 1) / (total_steps - 1))
 
 
-def sgd_update(params, grads, lr, state=None):
-    """Plain SGD (Algorithm 1), in place: W <- W - lr dL/dW. state: unused (SGD keeps none)."""
+def sgd_update(params, grads, lr, ops):
+    """Plain SGD (Algorithm 1), in place on every parameter in grads: W <- W - lr dL/dW
+    (ops.sgd_update does each tensor; one kernel launch per tensor on the GPU)."""
     for key, g in grads.items():
-        params[key] -= lr * g
+        ops.sgd_update(params[key], g, lr)
 
 
 # Adam (Kingma & Ba 2015) is not the paper's optimiser; the common reimplementations use it and
@@ -625,7 +626,7 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
 
 def _update(ops, params, grads, lr, opt, net):
     if opt is None:
-        sgd_update(params, grads, lr)
+        sgd_update(params, grads, lr, ops)
     else:
         adam_update(params, grads, lr, opt[net], ops)
 

@@ -32,8 +32,8 @@ from kernels.numpy_ops import (  # noqa: F401  (the ops this backend takes as th
     _check_pair, _check_rank, adam_update, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
     check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, flatten_backward,
     flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
-    relu_forward, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host, upsample_backward,
-    upsample_forward)
+    relu_forward, sgd_update, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
+    upsample_backward, upsample_forward)
 
 xp = np
 name = "cpu"

@@ -333,6 +333,14 @@ def bce_logits_loss(logits, target):
 
 
 # --------------------------------------------------------------------------- optimiser
+def sgd_update(w, g, lr):
+    """One plain SGD step (Algorithm 1) on one tensor, in place on w: w <- w - lr g.
+    w, g: arrays of one shape."""
+    if w.shape != g.shape:
+        raise ValueError(f"sgd_update: shapes differ: w {w.shape}, g {g.shape}")
+    w -= lr * g
+
+
 def adam_update(w, g, m, v, lr, beta1, beta2, eps, t):
     """One Adam step (Kingma & Ba 2015, Algorithm 1) on one tensor, in place on w, m and v.
     w, g, m, v: arrays of one shape; t: the step number, from 1.

@@ -356,12 +356,20 @@ if __name__ == "__main__":
 # Counted on the commit that added this test (issue 12 counted 960 launches before it; its target is
 # 400): a count above its bound means a change added launches or transfers to every iteration.
 # adam: 559 raw kernels (86 adam_update, one per tensor), 190 GEMMs, 55 elementwise, 63 reductions.
-# sgd: framepred.sgd_update's `w -= lr * g` is two CuPy elementwise kernels per tensor (172 of the
-# 227); CudaOps.sgd_update does it in one, once framepred calls it.
+# sgd: the same, framepred.sgd_update calling CudaOps.sgd_update, one kernel per tensor (953 launches,
+# 227 of them elementwise, when it did `w -= lr * g`, two CuPy kernels per tensor).
 BOUNDS = {
     "adam": dict(launches=867, kernel=559, gemm=190, elementwise=55, reduction=63, h2d=5, d2h=20),
-    "sgd": dict(launches=953, kernel=473, gemm=190, elementwise=227, reduction=63, h2d=5, d2h=20),
+    "sgd": dict(launches=867, kernel=559, gemm=190, elementwise=55, reduction=63, h2d=5, d2h=20),
 }
+
+
+def test_sgd_is_one_launch_per_tensor():
+    needs_compiler()
+    import framepred as fp
+    counts, names = count_train_step(optimizer="sgd")
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    assert names["sgd_update"] == len(fp.parameter_shapes(config))
 
 
 @pytest.mark.parametrize("optimizer", sorted(BOUNDS))

@@ -53,6 +53,21 @@ def test_adam_update_refuses_bad_input():
         ops.adam_update(a, a.copy(), a.copy(), a.copy(), 1e-3, 0.9, 0.999, 1e-8, 0)
 
 
+def test_model_sgd_step_is_w_minus_lr_g_on_every_tensor():
+    """framepred.sgd_update through ops.sgd_update: W <- W - lr dL/dW in place, each tensor once."""
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    params = fp.init_params(config, seed=2, dtype=np.float64)
+    rng = np.random.default_rng(3)
+    grads = {key: rng.normal(size=w.shape) for key, w in params.items() if key.startswith("G/")}
+    before = {key: w.copy() for key, w in params.items()}
+    fp.sgd_update(params, grads, 0.04, ops)
+    for key, w in params.items():
+        expect = before[key] - 0.04 * grads[key] if key in grads else before[key]
+        np.testing.assert_array_equal(w, expect)
+    with pytest.raises(ValueError, match="shapes differ"):
+        ops.sgd_update(np.zeros(3), np.zeros(4), 0.1)
+
+
 def test_model_adam_steps_each_network_separately():
     """fp.adam_update moves exactly the parameters it is given gradients for, with its own t."""
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
