@@ -485,21 +485,24 @@ def d_loss(ops, params, config, X, Y, preds):
     """D's loss, section 2.2, G fixed: sum_k L_bce(D_k(X_k, Y_k), 1) + L_bce(D_k(X_k, Y_hat_k), 0).
     -> (loss, grads of D's parameters, accuracy on real samples, accuracy on generated ones), the
     accuracies being the fractions of D's decisions that are right (logit > 0 for real, < 0 for
-    generated), averaged over the scales."""
-    total, grads, acc_real, acc_fake = 0.0, {}, [], []
+    generated), averaged over the scales. The loss and accuracies stay backend scalars (on the
+    GPU, device arrays: reading one is a transfer), as do g_loss's terms; read_log reads all of an
+    iteration's values at once."""
+    total, grads, acc_real, acc_fake = 0.0, {}, 0.0, 0.0
     for k in config["scales"]:
         X_k, Y_k = downscale(ops, X, k), downscale(ops, Y, k)
         real, real_cache = discriminator_forward(ops, params, config, X_k, Y_k, k)
         fake, fake_cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
         loss_real, d_real = ops.bce_logits_loss(real, 1.0)               # L_bce(D_k(X_k, Y_k), 1)
         loss_fake, d_fake = ops.bce_logits_loss(fake, 0.0)               # L_bce(D_k(X_k, Y_hat_k), 0)
-        total += float(loss_real) + float(loss_fake)
+        total = total + loss_real + loss_fake
         g_real, _ = discriminator_backward(ops, config, d_real, real_cache, k, need_candidate_grad=False)
         g_fake, _ = discriminator_backward(ops, config, d_fake, fake_cache, k, need_candidate_grad=False)
         grads.update({key: g_real[key] + g_fake[key] for key in g_real})
-        acc_real.append(float(np.mean(ops.to_host(real) > 0)))
-        acc_fake.append(float(np.mean(ops.to_host(fake) < 0)))
-    return total, grads, float(np.mean(acc_real)), float(np.mean(acc_fake))
+        acc_real = acc_real + (real > 0).mean()
+        acc_fake = acc_fake + (fake < 0).mean()
+    scales = len(config["scales"])
+    return total, grads, acc_real / scales, acc_fake / scales
 
 
 # Speed, not the paper: the two terms of d_loss in one pass of D_k over a batch of 2N (real
@@ -509,7 +512,7 @@ def d_loss(ops, params, config, X, Y, preds):
 def d_loss_batched(ops, params, config, X, Y, preds):
     """d_loss computed on one batch of 2N per scale; the BCE mean over 2N is doubled so that it
     equals the sum of the two terms' means (and so is the gradient). Same return values as d_loss."""
-    total, grads, acc_real, acc_fake = 0.0, {}, [], []
+    total, grads, acc_real, acc_fake = 0.0, {}, 0.0, 0.0
     n = X.shape[0]
     target = ops.asarray(np.repeat([1.0, 0.0], n)[:, None], dtype=preds[config["scales"][-1]].dtype)
     for k in config["scales"]:
@@ -520,11 +523,11 @@ def d_loss_batched(ops, params, config, X, Y, preds):
         loss, dlogits = ops.bce_logits_loss(logits, target)
         g, _ = discriminator_backward(ops, config, 2 * dlogits, cache, k, need_candidate_grad=False)
         grads.update(g)
-        total += 2 * float(loss)
-        z = ops.to_host(logits)[:, 0]
-        acc_real.append(float(np.mean(z[:n] > 0)))
-        acc_fake.append(float(np.mean(z[n:] < 0)))
-    return total, grads, float(np.mean(acc_real)), float(np.mean(acc_fake))
+        total = total + 2 * loss
+        acc_real = acc_real + (logits[:n] > 0).mean()
+        acc_fake = acc_fake + (logits[n:] < 0).mean()
+    scales = len(config["scales"])
+    return total, grads, acc_real / scales, acc_fake / scales
 
 
 def g_loss(ops, params, config, X, Y, preds, use_adv=True):
@@ -537,17 +540,17 @@ def g_loss(ops, params, config, X, Y, preds, use_adv=True):
     for k in config["scales"]:
         Y_k = downscale(ops, Y, k)
         loss, dpred = ops.lp_loss(preds[k], Y_k, config["p"])
-        terms["lp"] += float(loss)
+        terms["lp"] = terms["lp"] + loss
         dpred = config["lam_lp"] * dpred
         if config["lam_gdl"]:
             loss, d = ops.gdl_loss(preds[k], Y_k, config["alpha"])
-            terms["gdl"] += float(loss)
+            terms["gdl"] = terms["gdl"] + loss
             dpred = dpred + config["lam_gdl"] * d
         if lam_adv:
             X_k = downscale(ops, X, k)
             logits, cache = discriminator_forward(ops, params, config, X_k, preds[k], k)
             loss, dlogits = ops.bce_logits_loss(logits, 1.0)
-            terms["adv"] += float(loss)
+            terms["adv"] = terms["adv"] + loss
             _, d = discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad=True,
                                           need_param_grads=False)
             dpred = dpred + lam_adv * d
@@ -603,8 +606,8 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     adversarial=False drops the adversarial term from G's loss: the warm-up of G on its
     l_p + GDL terms. train_d: whether D takes its step (default: adversarial); D may learn
     during G's warm-up so that it can already tell G's predictions from the truth when its term
-    joins G's loss. Returns the loss terms and D's accuracies, for logging. D's loss is d_loss,
-    or d_loss_batched (the same value in one pass of D over 2N samples) when the backend asks for it.
+    joins G's loss. Returns the loss terms and D's accuracies, for logging (backend scalars: read_log
+    reads them). D's loss is d_loss, or d_loss_batched (the same value in one pass of D over 2N samples) when the backend asks for it.
     """
     log = {}
     use_adv = bool(config["lam_adv"]) and adversarial
@@ -622,6 +625,17 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     _update(ops, params, grads, lr_g, opt, "G")
     log.update({"g_" + name: value for name, value in terms.items()})
     return log
+
+
+def read_log(ops, log):
+    """train_step's log as Python floats. Its values are backend scalars (device arrays on the GPU),
+    read here in one device-to-host transfer for the whole iteration instead of one per value."""
+    on_device = [key for key, value in log.items() if not isinstance(value, (int, float))]
+    host = dict(log)
+    if on_device:
+        values = ops.to_host(ops.xp.stack([log[key] for key in on_device]))
+        host.update(zip(on_device, values.tolist()))
+    return {key: float(value) for key, value in host.items()}
 
 
 def _update(ops, params, grads, lr, opt, net):

@@ -577,8 +577,9 @@ def run(args, given=frozenset()):
             train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
             d_batch = next_batch() if train_d else None         # D's minibatch, only when D trains
             g_batch = next_batch()
-            log = fp.train_step(ops, params, config, d_batch, g_batch, lr_g=fp.lr_g_at(step, total, *args.lr_g),
-                                lr_d=args.lr_d, opt=opt, adversarial=adversarial, train_d=train_d)
+            log = fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch,
+                                                 lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d,
+                                                 opt=opt, adversarial=adversarial, train_d=train_d))
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "

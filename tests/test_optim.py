@@ -206,3 +206,18 @@ def test_d_width_scales_only_the_discriminator():
     assert config["d_maps"][3] == [32, 64, 128, 32] and config["d_fc"][3] == [256, 128]
     assert fp.count_parameters(config, "G") == fp.count_parameters(same, "G")
     assert fp.count_parameters(config, "D") > 3 * fp.count_parameters(same, "D")
+
+
+def test_read_log_reads_every_value_as_a_float():
+    """train_step's log holds backend scalars (summed on the device on the GPU); read_log gives the
+    same values as Python floats (on the GPU in one transfer: tests/test_gpu_path.py counts it)."""
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    params = fp.init_params(config, seed=5)
+    src = data.open_source(None, seed=0)
+    rng = np.random.default_rng(0)
+    log = fp.train_step(ops, params, config, src.sample(2, 2, 1, 32, rng), src.sample(2, 2, 1, 32, rng), lr_g=0.04)
+    read = fp.read_log(ops, log)
+    assert set(read) == set(log) and all(type(v) is float for v in read.values())
+    for key, value in log.items():
+        assert read[key] == pytest.approx(float(value), rel=1e-6)
+    assert 0 <= read["d_acc_real"] <= 1 and read["d_loss"] > 0
