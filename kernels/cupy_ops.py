@@ -62,8 +62,8 @@ def check_gpu():
     try:
         import cupy
     except ImportError as e:
-        raise RuntimeError("CuPy is not installed (pip install the cupy-cudaXXx wheel that matches "
-                           "your CUDA version, see README)") from e
+        raise RuntimeError('CuPy is not installed (for a CUDA 12 driver: pip install "cupy-cuda12x[ctk]"; '
+                           'README "On a GPU")') from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver, driver too old, ...
