@@ -804,45 +804,44 @@ class EvaluationError(Exception):
     """A problem the user can fix (arguments, checkpoint, data, output folder); the message says which."""
 
 
+def _in_chunks(mask_of_pair, frame_a, frame_b, chunk=16):
+    """mask_of_pair(a, b) -> (n, 1, H, W) bool, applied to frames (N, 3, H, W) ``chunk`` at a time."""
+    out = [mask_of_pair(frame_a[s:s + chunk], frame_b[s:s + chunk]) for s in range(0, len(frame_a), chunk)]
+    return np.concatenate(out) if out else np.zeros((0, 1) + tuple(frame_a.shape[-2:]), bool)
+
+
 def pair_motion_mask(frame_a, frame_b, threshold=MOTION_THRESHOLD, chunk=16):
     """Moving area of a pair of consecutive frames a -> b, each (N, 3, H, W) on [-1, 1]:
     (N, 1, H, W) bool, set where the optical flow magnitude exceeds ``threshold`` px on b's grid
     (motion_mask(a, b)) or on a's grid (motion_mask(b, a)). Computed ``chunk`` frames at a time."""
-    out = []
-    for s in range(0, len(frame_a), chunk):
-        a, b = frame_a[s:s + chunk], frame_b[s:s + chunk]
-        out.append(motion_mask(a, b, threshold) | motion_mask(b, a, threshold))
-    return np.concatenate(out) if out else np.zeros((0, 1) + tuple(frame_a.shape[-2:]), bool)
+    return _in_chunks(lambda a, b: motion_mask(a, b, threshold) | motion_mask(b, a, threshold), frame_a, frame_b, chunk)
+
+
+def _mask_frame_pairs(T, pair):
+    """The frame pairs (indices into clips of T frames) whose motion masks the 1st and the 2nd
+    predicted frame: "truth": (t+k-1, t+k); "inputs": (t-1, t) for both."""
+    pairs = {"truth": [(T - 3, T - 2), (T - 2, T - 1)], "inputs": [(T - 4, T - 3)] * 2}
+    if pair not in pairs:
+        raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
+    return pairs[pair]
 
 
 def moving_masks(clips, pair="truth", threshold=MOTION_THRESHOLD):
     """The masks of the 1st and 2nd predicted frame of clips (N, T, 3, H, W), whose last two frames
     are the targets (see the section comment): [mask_1st, mask_2nd], each (N, 1, H, W) bool."""
-    T = clips.shape[1]
-    if pair == "truth":
-        return [pair_motion_mask(clips[:, T - 3], clips[:, T - 2], threshold),
-                pair_motion_mask(clips[:, T - 2], clips[:, T - 1], threshold)]
-    if pair == "inputs":
-        mask = pair_motion_mask(clips[:, T - 4], clips[:, T - 3], threshold)
-        return [mask, mask]
-    raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
+    pairs = _mask_frame_pairs(clips.shape[1], pair)
+    masks = {p: pair_motion_mask(clips[:, p[0]], clips[:, p[1]], threshold) for p in set(pairs)}
+    return [masks[p] for p in pairs]
 
 
 def moving_masks_authors(clips, pair="truth", fraction=AUTHORS_FLOW_FRACTION, chunk=16):
     """moving_masks by the authors' rule: the mask of predicted frame t+k is motion_mask_authors of
-    the same frame pair as moving_masks uses ("truth": (t+k-1, t+k); "inputs": (t-1, t) for both),
-    on the grid of the pair's first frame (one flow image, as the script loads one per frame)."""
-    T = clips.shape[1]
-    pairs = {"truth": [(T - 3, T - 2), (T - 2, T - 1)], "inputs": [(T - 4, T - 3)] * 2}
-    if pair not in pairs:
-        raise ValueError(f"mask pair must be 'truth' or 'inputs', got {pair!r}")
-
-    def one(a, b):
-        parts = [motion_mask_authors(clips[s:s + chunk, a], clips[s:s + chunk, b], fraction)
-                 for s in range(0, len(clips), chunk)]
-        return np.concatenate(parts) if parts else np.zeros((0, 1) + tuple(clips.shape[-2:]), bool)
-    masks = {p: one(*p) for p in set(pairs[pair])}
-    return [masks[p] for p in pairs[pair]]
+    the same frame pair as moving_masks uses, on the grid of the pair's first frame (one flow
+    image, as the script loads one per frame)."""
+    pairs = _mask_frame_pairs(clips.shape[1], pair)
+    masks = {p: _in_chunks(lambda a, b: motion_mask_authors(a, b, fraction), clips[:, p[0]], clips[:, p[1]], chunk)
+             for p in set(pairs)}
+    return [masks[p] for p in pairs]
 
 
 def score_frame(pred, target, mask):
