@@ -16,6 +16,7 @@ import sys
 import time
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 # OpenBLAS's idle threads spin ~0.1 s after each GEMM and take the second core from the im2col
 # copies between GEMMs; a short timeout saves ~0.5 s per paper-preset step on 2 cores (bench.py).
@@ -116,6 +117,9 @@ def build_parser():
     p.add_argument("--warmup", type=count, default=None, metavar="STEPS",
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
                         "(default: by preset: paper 0, small 80%% of the steps)")
+    p.add_argument("--warmup-batch", type=natural, default=None, metavar="B",
+                   help="minibatch of G's warm-up steps (default: 4, the paper's minibatch without the adversarial "
+                        "loss; --batch when that is given)")
     p.add_argument("--d-in-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="D trains during G's warm-up too (its term joins G's loss after the warm-up), so it is "
                         "already a useful critic when it joins (default: by preset)")
@@ -340,7 +344,7 @@ def resume_run(args, given=frozenset()):
                        f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
-                              ("d_in_warmup", False)):
+                              ("d_in_warmup", False), ("warmup_batch", None)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -443,6 +447,39 @@ class RecentRate:
         return (step - s0) / max(now - t0, 1e-9)
 
 
+class BatchPrefetcher:
+    """Draws the next step's minibatches on a worker thread while the current step runs (most of a
+    step is GEMMs and copies, which release the GIL).
+
+    One request at a time, from the run's rng, in the order the loop asks: the batches are exactly
+    those the loop would draw itself. A checkpoint saves rng_before_pending(), the rng as it was
+    before the draw not yet taken, so a resumed run draws that batch again."""
+
+    def __init__(self, source, rng, m, n, patch):
+        self.source, self.rng, self.shape = source, rng, (m, n, patch)
+        self.worker = ThreadPoolExecutor(1, thread_name_prefix="batches")
+        self.pending, self.state_before = None, rng.bit_generator.state
+
+    def request(self, sizes):
+        """Start drawing one minibatch per entry of `sizes` (float32 host arrays X, Y each)."""
+        self.state_before = self.rng.bit_generator.state
+        self.pending = self.worker.submit(lambda: [self.source.sample(b, *self.shape, self.rng) for b in sizes])
+
+    def take(self):
+        """The requested minibatches [(X, Y), ...], waiting for them if need be."""
+        batches, self.pending = self.pending.result(), None
+        self.state_before = self.rng.bit_generator.state
+        return batches
+
+    def rng_before_pending(self):
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self.state_before
+        return rng
+
+    def close(self):
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+
 def progress_line(step, total, log, rate, config, scores=None):
     """One progress line: the loss terms of this step, D's, the last evaluation against copying the
     last input (its step in brackets), steps/s over the last minute and the time left."""
@@ -494,6 +531,10 @@ def run(args, given=frozenset()):
     total = args.steps
     resolve_warmup(args, config, total)
     batch = args.batch = args.batch or (8 if config["lam_adv"] else 4)
+    # G's warm-up trains l_p + GDL alone, so it takes the paper's minibatch for those losses (4, section 4.1)
+    # rather than the adversarial one; runs saved before this flag warmed up at --batch.
+    if args.warmup_batch is None:
+        args.warmup_batch = 4 if "batch" not in given and not args.resume else batch
     m, n = config["m"], config["n"]
     try:
         source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
@@ -513,14 +554,22 @@ def run(args, given=frozenset()):
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
           f" params (width {config['width']:g}" + (f", D {config['d_width']:g}" if config.get("d_width", config["width"]) != config["width"] else "")
           + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
-    warm = (f", G alone for the first {args.warmup} steps" + (" (D already training)" if args.d_in_warmup else "")
+    warm = (f", G alone for the first {args.warmup} steps"
+            + (" (D already training)" if args.d_in_warmup else f" at batch {args.warmup_batch}")
             if config["lam_adv"] and args.warmup else "")
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
           + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")
 
-    def next_batch():
-        X, Y = source.sample(batch, m, n, config["patch"], rng)
+    def next_batch(size=batch):
+        X, Y = source.sample(size, m, n, config["patch"], rng)
         return ops.asarray(X), ops.asarray(Y)
+
+    def step_batch_sizes(step):
+        """The minibatches step `step` draws, in order: D's (only when D trains), then G's."""
+        adversarial = bool(config["lam_adv"]) and step >= args.warmup
+        train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
+        g_alone = bool(config["lam_adv"]) and not adversarial and not train_d
+        return adversarial, train_d, ([batch] if train_d else []) + [args.warmup_batch if g_alone else batch]
 
     if args.bench:
         import bench
@@ -560,6 +609,8 @@ def run(args, given=frozenset()):
         print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
               f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
     step, last_saved, g_batch = start, start, None
+    draws = BatchPrefetcher(source, rng, m, n, config["patch"])
+    draws.request(step_batch_sizes(step)[2])
     meter = RecentRate(start, time.time())
     stop = {"now": False}
 
@@ -573,10 +624,11 @@ def run(args, given=frozenset()):
     previous_handlers = signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop)
     try:
         while step < total and not stop["now"]:
-            adversarial = bool(config["lam_adv"]) and step >= args.warmup
-            train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
-            d_batch = next_batch() if train_d else None         # D's minibatch, only when D trains
-            g_batch = next_batch()
+            adversarial, train_d, _ = step_batch_sizes(step)
+            *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
+            d_batch = d_batch[0] if train_d else None          # D's minibatch, only when D trains
+            if step + 1 < total:
+                draws.request(step_batch_sizes(step + 1)[2])    # drawn while this step runs
             log = fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch,
                                                  lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d,
                                                  opt=opt, adversarial=adversarial, train_d=train_d))
@@ -596,16 +648,17 @@ def run(args, given=frozenset()):
                 grid(step, *(ops.to_host(a) for a in g_batch))
                 scores = evaluation(step)
             if step % args.ckpt_every == 0 or step == total:
-                save_run(args.out, ops, params, config, step, rng, args, opt)
+                save_run(args.out, ops, params, config, step, draws.rng_before_pending(), args, opt)
                 last_saved = step
     except KeyboardInterrupt:
         print(f"\naborted during step {step + 1}; {args.out}/checkpoint.npz holds step {last_saved}", file=sys.stderr)
         return 130
     finally:
+        draws.close()
         signal.signal(signal.SIGINT, previous_handlers[0])
         signal.signal(signal.SIGTERM, previous_handlers[1])
     if stop["now"]:
-        save_run(args.out, ops, params, config, step, rng, args, opt)
+        save_run(args.out, ops, params, config, step, draws.rng_before_pending(), args, opt)
         shown = ""
         if g_batch is not None and step % args.eval_every:
             shown = f" and {grid(step, *(ops.to_host(a) for a in g_batch))}"

@@ -81,10 +81,10 @@ def interrupt_after(monkeypatch, calls):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, optimizer):
-    """Stopped at step 3 (after the 2-step warm-up of G alone) and resumed: the same weights and
-    Adam moments as a run never stopped."""
+    """Stopped at step 3 (after the 2-step warm-up of G alone, at its own batch size) and resumed: the
+    same weights and Adam moments as a run never stopped (the batches are drawn ahead, on a thread)."""
     args = ["--loss", "adv_gdl", "--steps", "6", "--eval-every", "100", "--ckpt-every", "100",
-            "--optimizer", optimizer, "--warmup", "2"]
+            "--optimizer", optimizer, "--warmup", "2", "--warmup-batch", "1"]
     code, straight = run_cli(tmp_path, *args, name="straight")
     assert code == 0
     interrupt_after(monkeypatch, 3)
@@ -228,3 +228,45 @@ def test_train_d_in_warmup_trains_d_from_the_first_step(tmp_path, capsys):
     assert "acc real" in lines[1] and "adv 0.000" in lines[8] and "adv 0.000" not in lines[10]
     _, _, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert state["optimizer"]["D"]["t"] == 10 and state["optimizer"]["G"]["t"] == 10
+
+
+@pytest.mark.parametrize("extra, sizes", [
+    ([], [(None, 4), (None, 4), (8, 8), (8, 8)]),                 # warm-up at 4 (G alone), then 8 (section 4.1)
+    (["--batch", "2"], [(None, 2), (None, 2), (2, 2), (2, 2)]),   # a given --batch holds for the warm-up too
+    (["--batch", "2", "--warmup-batch", "3"], [(None, 3), (None, 3), (2, 2), (2, 2)]),
+])
+def test_train_warmup_batch(tmp_path, monkeypatch, capsys, extra, sizes):
+    """The minibatch sizes (D's, G's) each step trains on."""
+    seen, real_step = [], fp.train_step
+
+    def recording_step(ops, params, config, d_batch, g_batch, **kw):
+        seen.append((None if d_batch is None else len(d_batch[0]), len(g_batch[0])))
+        return real_step(ops, params, config, d_batch, g_batch, **kw)
+    monkeypatch.setattr(fp, "train_step", recording_step)
+    at = TINY.index("--batch")
+    tiny = TINY[:at] + TINY[at + 2:]
+    code = train_min.main(["--out", str(tmp_path / "run"), *tiny, "--loss", "adv_gdl", "--steps", "4",
+                           "--warmup", "2", "--eval-every", "100", *extra])
+    assert code == 0, capsys.readouterr()
+    assert seen == sizes
+
+
+def test_batch_prefetcher_draws_what_the_loop_would():
+    """Drawn ahead on a thread, the batches are those drawn in the loop, and rng_before_pending()
+    replays the batch requested but not taken."""
+    import data
+    source = data.open_source(None, seed=3)
+    plain, ahead = np.random.default_rng(5), np.random.default_rng(5)
+    draws = train_min.BatchPrefetcher(source, ahead, 2, 1, 16)
+    for sizes in ([3], [2, 1], [4]):
+        draws.request(sizes)
+        for (X, Y), size in zip(draws.take(), sizes):
+            X0, Y0 = source.sample(size, 2, 1, 16, plain)
+            np.testing.assert_array_equal(X, X0)
+            np.testing.assert_array_equal(Y, Y0)
+    draws.request([2])
+    replay = draws.rng_before_pending()
+    X, Y = draws.take()[0]
+    np.testing.assert_array_equal(source.sample(2, 2, 1, 16, replay)[0], X)
+    np.testing.assert_array_equal(source.sample(2, 2, 1, 16, plain)[1], Y)
+    draws.close()
