@@ -227,6 +227,30 @@ def sharpness_difference(pred, target, mask=None, peak=PEAK):
     return _db(peak, _masked_mean(err, None if m is None else m[..., 1:, 1:]))
 
 
+def blockiness(images, block=8):
+    """How much an image's steps line up with the block grid of the coarsest scale (not a measure
+    of the paper: it quantifies the 8x8 blocks that nearest-neighbour upscaling, SPEC's u_k, leaves
+    when the fine scales do not smooth them away).
+
+    The mean |difference| between neighbouring pixels across the grid lines (between columns
+    block-1 and block, 2 block-1 and 2 block, ...; rows likewise) over the mean across all other
+    pixel pairs. About 1 for natural images and the synthetic frames; a picture made of
+    block x block tiles of flat colour scores (nearly) infinity. images: (N, C, H, W) with H, W >=
+    block + 1. Returns (N,) float64; NaN for a flat image."""
+    images = np.asarray(images, np.float64)
+    if images.ndim != 4 or min(images.shape[2:]) <= block:
+        raise ValueError(f"blockiness needs (N, C, H, W) images larger than {block} px, got shape {images.shape}")
+    dx, dy = np.abs(np.diff(images, axis=3)), np.abs(np.diff(images, axis=2))
+    on_x = np.zeros(dx.shape[3], bool)
+    on_x[block - 1::block] = True
+    on_y = np.zeros(dy.shape[2], bool)
+    on_y[block - 1::block] = True
+    across = np.concatenate([dx[..., on_x].reshape(len(images), -1), dy[:, :, on_y].reshape(len(images), -1)], 1)
+    within = np.concatenate([dx[..., ~on_x].reshape(len(images), -1), dy[:, :, ~on_y].reshape(len(images), -1)], 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return across.mean(axis=1) / within.mean(axis=1)
+
+
 def sharpness_difference_authors(pred, target):
     """Sharpness difference as the authors' test script computes it (image_error_measures.lua,
     computel1difference).

@@ -458,3 +458,26 @@ def test_grid_gif_frames_and_size(tmp_path):
 def test_main_without_command_prints_help(capsys):
     assert metrics.main([]) == 2
     assert "usage" in capsys.readouterr().out
+
+
+def test_blockiness_against_a_slow_loop_and_known_cases():
+    """A slow loop over pixel pairs is the oracle; a smooth texture scores about 1, the same texture
+    seen through 8x8 nearest-neighbour blocks far more."""
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 3, 17, 20))
+    for n in range(2):
+        across, within = [], []
+        for c in range(3):
+            for y in range(17):
+                for x in range(19):
+                    (across if x % 8 == 7 else within).append(abs(img[n, c, y, x + 1] - img[n, c, y, x]))
+            for y in range(16):
+                for x in range(20):
+                    (across if y % 8 == 7 else within).append(abs(img[n, c, y + 1, x] - img[n, c, y, x]))
+        assert metrics.blockiness(img)[n] == pytest.approx(np.mean(across) / np.mean(within), rel=1e-12)
+    smooth = texture(64, 64)
+    blocks = smooth[:, :, ::8, ::8].repeat(8, axis=2).repeat(8, axis=3) + 0.01 * texture(64, 64, seed=1)
+    assert 0.75 < metrics.blockiness(smooth)[0] < 1.25
+    assert metrics.blockiness(blocks)[0] > 5
+    with pytest.raises(ValueError, match="larger than 8 px"):
+        metrics.blockiness(np.zeros((1, 3, 8, 8)))
