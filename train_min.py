@@ -37,13 +37,15 @@ from kernels import DEVICES, BackendError, load_backend
 # over copying the last frame and 1.7 dB below it in sharpness; with Adam +3.3 dB and +0.2 dB.
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0),
-    # steps: about 10 minutes on 2 cores each (8000 G steps at batch 4; 2400 G-alone steps at
-    # batch 8, then 600 adversarial iterations, each 2.6x the time of a G-alone step: 3800 steps
-    # took 12m18s). warmup: the fraction of an adversarial run in which G trains alone on
-    # l_p + GDL before D joins. d_in_warmup False: training D during the warm-up too makes each
-    # step 1.8x slower and ended lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the
-    # validation draw).
-    "small": dict(width=1 / 8, steps=8000, steps_adv=3000, optimizer="adam", init_last="torch", warmup=0.8,
+    # steps: about 10 minutes on 2 cores each: 8000 G steps at batch 4; for the adversarial losses
+    # 5400 G-alone steps at batch 4 (--warmup-batch), then 600 adversarial iterations at batch 8,
+    # each about 4x the time of a G-alone step. warmup: the fraction of an adversarial run in which
+    # G trains alone on l_p + GDL before D joins. On the validation draw, a 5000-step warm-up at
+    # batch 4 beat the former 2400 at batch 8 (+0.11 dB PSNR, +0.08 dB sharpness), and giving D
+    # 1000 iterations instead of 600 (from a 4000-step warm-up) scored lower (-0.07, -0.10 dB).
+    # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
+    # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
+    "small": dict(width=1 / 8, steps=8000, steps_adv=6000, optimizer="adam", init_last="torch", warmup=0.9,
                   d_in_warmup=False),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
@@ -116,7 +118,7 @@ def build_parser():
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
     p.add_argument("--warmup", type=count, default=None, metavar="STEPS",
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
-                        "(default: by preset: paper 0, small 80%% of the steps)")
+                        "(default: by preset: paper 0, small 90%% of the steps)")
     p.add_argument("--warmup-batch", type=natural, default=None, metavar="B",
                    help="minibatch of G's warm-up steps (default: 4, the paper's minibatch without the adversarial "
                         "loss; --batch when that is given)")

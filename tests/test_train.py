@@ -204,15 +204,15 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
 
 
 def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, capsys):
-    """The small preset trains G alone for the first 80% of an adversarial run, then D joins."""
-    code, out = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "10", "--eval-every", "100")
+    """The small preset trains G alone for the first 90% of an adversarial run, then D joins."""
+    code, out = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "20", "--eval-every", "100")
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "G alone for the first 8 steps" in text
+    assert "G alone for the first 18 steps" in text
     lines = {int(ln.split()[1].split("/")[0]): ln for ln in text.splitlines() if ln.startswith("step ")}
-    assert "acc real" not in lines[8] and "acc real" in lines[9] and "acc real" in lines[10]
+    assert "acc real" not in lines[18] and "acc real" in lines[19] and "acc real" in lines[20]
     _, _, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
-    assert state["optimizer"]["D"]["t"] == 2 and state["optimizer"]["G"]["t"] == 10
+    assert state["optimizer"]["D"]["t"] == 2 and state["optimizer"]["G"]["t"] == 20
     code, _ = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "2", "--warmup", "5", name="never")
     assert code == 0 and "D never trains" in capsys.readouterr().out
 
