@@ -570,9 +570,9 @@ def lr_g_at(step, total_steps, start=LR_G_START, end=LR_G_END):
 
 def sgd_update(params, grads, lr, ops):
     """Plain SGD (Algorithm 1), in place on every parameter in grads: W <- W - lr dL/dW
-    (ops.sgd_update does each tensor; one kernel launch per tensor on the GPU)."""
-    for key, g in grads.items():
-        ops.sgd_update(params[key], g, lr)
+    (ops.sgd_update_many does ops.sgd_update on each tensor; on the GPU, all in one kernel launch)."""
+    keys = list(grads)
+    ops.sgd_update_many([params[key] for key in keys], [grads[key] for key in keys], lr)
 
 
 # Adam (Kingma & Ba 2015) is not the paper's optimiser; the common reimplementations use it and
@@ -590,10 +590,12 @@ def adam_init(params, net):
 def adam_update(params, grads, lr, state, ops=None):
     """One Adam step, in place, on every parameter in grads (ops.adam_update does each tensor:
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; W <- W - lr m_hat / (sqrt(v_hat) + eps),
-    m_hat, v_hat the bias-corrected moments of step t)."""
+    m_hat, v_hat the bias-corrected moments of step t; ops.adam_update_many, on the GPU in one launch)."""
     state["t"] += 1
-    for key, g in grads.items():
-        ops.adam_update(params[key], g, state["m"][key], state["v"][key], lr, *ADAM_BETAS, ADAM_EPS, state["t"])
+    keys = list(grads)
+    ops.adam_update_many([params[key] for key in keys], [grads[key] for key in keys],
+                         [state["m"][key] for key in keys], [state["v"][key] for key in keys],
+                         lr, *ADAM_BETAS, ADAM_EPS, state["t"])
 
 
 def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None):

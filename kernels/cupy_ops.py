@@ -483,6 +483,57 @@ class CudaOps:
         g = self._f32(g, "sgd_update g")
         self._run("sgd_update", w.size, w, g, float(lr), w.size)
 
+    # ------------------------------------------------------------------ the optimiser on many tensors
+    def _address(self, a):
+        """The device address of a's first element (CuPy: a.data.ptr; NumPy, in the tests: its memory)."""
+        return a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data
+
+    def _tensor_table(self, what, columns):
+        """The table of sgd_update_many / adam_update_many (kernels/elementwise.cu): the element
+        offsets of the tensors of columns[0] laid end to end, then each column's device addresses,
+        as one int64 device array (one host-to-device copy). -> (table, tensors, elements)."""
+        for a, i in ((a, i) for column in columns for i, a in enumerate(column)):
+            if a.shape != columns[0][i].shape:
+                raise ValueError(f"{what}: shapes differ in tensor {i}: {columns[0][i].shape} and {a.shape}")
+        offsets = np.cumsum([0] + [int(w.size) for w in columns[0]])
+        host = np.concatenate([offsets] + [[self._address(a) for a in column] for column in columns])
+        return self.xp.asarray(host.astype(np.int64)), len(columns[0]), int(offsets[-1])
+
+    def _in_place(self, arrays, what):
+        for a in arrays:
+            if not isinstance(a, self.xp.ndarray) or not a.flags.c_contiguous or a.dtype != np.float32:
+                raise TypeError(f"gpu backend, {what}: updated in place, must be C-contiguous float32 "
+                                f"{self.xp.__name__} arrays")
+        return list(arrays)
+
+    def sgd_update_many(self, ws, gs, lr):
+        """sgd_update on every pair of ws and gs (a network's parameters and gradients), all in one
+        launch instead of one per tensor: the kernel finds each element's tensor in a table of
+        addresses (numpy_ops.sgd_update_many loops over the pairs)."""
+        ws = self._in_place(ws, "sgd_update_many w")
+        gs = [self._f32(g, f"sgd_update_many g {i}") for i, g in enumerate(gs)]
+        if len(ws) != len(gs):
+            raise ValueError(f"sgd_update_many: {len(ws)} tensors but {len(gs)} gradients")
+        if not ws:
+            return
+        table, count, total = self._tensor_table("sgd_update_many", [ws, gs])
+        self._run("sgd_update_many", total, table, count, float(lr))
+
+    def adam_update_many(self, ws, gs, ms, vs, lr, beta1, beta2, eps, t):
+        """adam_update on every (w, g, m, v) of the lists, all in one launch (see sgd_update_many)."""
+        ws, ms, vs = (self._in_place(a, f"adam_update_many {what}") for a, what in ((ws, "w"), (ms, "m"), (vs, "v")))
+        gs = [self._f32(g, f"adam_update_many g {i}") for i, g in enumerate(gs)]
+        if not len(ws) == len(gs) == len(ms) == len(vs):
+            raise ValueError(f"adam_update_many: {len(ws)} tensors, {len(gs)} gradients, {len(ms)} and "
+                             f"{len(vs)} moments")
+        if t < 1:
+            raise ValueError(f"adam_update_many: the step number t counts from 1, got {t}")
+        if not ws:
+            return
+        table, count, total = self._tensor_table("adam_update_many", [ws, gs, ms, vs])
+        self._run("adam_update_many", total, table, count, float(lr), float(beta1), float(beta2), float(eps),
+                  1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t))
+
     # ------------------------------------------------------------------ backend plumbing
     def asarray(self, a, dtype=None):
         """Host array -> this backend's (device) array."""

@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kernels.numpy_ops import (  # noqa: F401  (the ops this backend takes as they are)
-    _check_pair, _check_rank, adam_update, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
+    _check_pair, _check_rank, adam_update, adam_update_many, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
     check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, flatten_backward,
     flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
-    relu_forward, sgd_update, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
+    relu_forward, sgd_update, sgd_update_many, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
     upsample_backward, upsample_forward)
 
 xp = np

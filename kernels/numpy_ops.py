@@ -361,6 +361,23 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, t):
     w -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(w.dtype)
 
 
+def sgd_update_many(ws, gs, lr):
+    """sgd_update on every pair of the lists ws and gs (a network's parameters and gradients).
+    The GPU backend updates them all in one kernel launch; here, one tensor after the other."""
+    if len(ws) != len(gs):
+        raise ValueError(f"sgd_update_many: {len(ws)} tensors but {len(gs)} gradients")
+    for w, g in zip(ws, gs):
+        sgd_update(w, g, lr)
+
+
+def adam_update_many(ws, gs, ms, vs, lr, beta1, beta2, eps, t):
+    """adam_update on every (w, g, m, v) of the lists ws, gs, ms, vs, all at step t (see sgd_update_many)."""
+    if not len(ws) == len(gs) == len(ms) == len(vs):
+        raise ValueError(f"adam_update_many: {len(ws)} tensors, {len(gs)} gradients, {len(ms)} and {len(vs)} moments")
+    for w, g, m, v in zip(ws, gs, ms, vs):
+        adam_update(w, g, m, v, lr, beta1, beta2, eps, t)
+
+
 # --------------------------------------------------------------------------- backend plumbing
 def asarray(a, dtype=None):
     """Host array -> this backend's array."""

@@ -294,6 +294,78 @@ def test_cuda_sgd_update(make_ops, data, shape, lr):
     c.check(dw, w, "sgd w", **ELEMENTWISE)
 
 
+def tensors_in_one_buffer(c, shapes, fill):
+    """Arrays of the given shapes as views into one device buffer, 7 sentinel elements before, between
+    and after them: a write past a tensor's end lands on a sentinel (the many-tensor kernels reach
+    the tensors through their addresses, where the emulator's guard zones do not see them).
+    -> (the views, the buffer, a mask of the sentinels)."""
+    gap = 7
+    sizes = [int(np.prod(s)) for s in shapes]
+    buf = c.dev(np.full(gap + sum(sizes) + gap * len(sizes), np.float32(fill)))
+    sentinel, views, at = np.ones(buf.size, bool), [], gap
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[at:at + size].reshape(shape))
+        sentinel[at:at + size] = False
+        at += size + gap
+    return views, buf, sentinel
+
+
+@given(data=st.data(), shapes=st.lists(st.tuples(channels, side, side), min_size=1, max_size=5),
+       lr=st.sampled_from([0.04, 0.005, 1e-3]))
+def test_cuda_sgd_update_many(make_ops, data, shapes, lr):
+    """sgd_update_many (one launch for all the tensors) against numpy_ops' loop of sgd_update: each
+    element has the one-tensor kernel's formula, so ELEMENTWISE; nothing outside the tensors changes."""
+    c = Case(make_ops, data)
+    ws, gs = [c.values(s) for s in shapes], [c.values(s) for s in shapes]
+    views, buf, sentinel = tensors_in_one_buffer(c, shapes, 1234.5)
+    for view, w in zip(views, ws):
+        view[...] = c.dev(w)
+    c.ops.sgd_update_many(views, [c.dev(g) for g in gs], lr)
+    ref.sgd_update_many(ws, gs, lr)
+    for i, (view, w) in enumerate(zip(views, ws)):
+        c.check(view, w, f"sgd_update_many w{i}", **ELEMENTWISE)
+    assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
+
+
+@given(data=st.data(), shapes=st.lists(st.tuples(channels, side, side), min_size=1, max_size=5),
+       steps=st.integers(1, 3))
+def test_cuda_adam_update_many(make_ops, data, shapes, steps):
+    """adam_update_many against numpy_ops' loop of adam_update, a few steps (tolerances of
+    test_cuda_adam_update); the tensors, moments included, are views into one buffer with sentinels."""
+    c = Case(make_ops, data)
+    lr = 1e-3
+    ws = [c.values(s) for s in shapes]
+    ms, vs = [np.zeros(s, np.float32) for s in shapes], [np.zeros(s, np.float32) for s in shapes]
+    views, buf, sentinel = tensors_in_one_buffer(c, shapes * 3, 1234.5)
+    dw, dm, dv = views[:len(shapes)], views[len(shapes):2 * len(shapes)], views[2 * len(shapes):]
+    for view, a in zip(views, ws + ms + vs):
+        view[...] = c.dev(a)
+    for t in range(1, steps + 1):
+        gs = [c.values(s) for s in shapes]
+        ref.adam_update_many(ws, gs, ms, vs, lr, 0.9, 0.999, 1e-8, t)
+        c.ops.adam_update_many(dw, [c.dev(g) for g in gs], dm, dv, lr, 0.9, 0.999, 1e-8, t)
+    for i in range(len(shapes)):
+        c.check(dm[i], ms[i], f"adam_update_many m{i}", **ELEMENTWISE)
+        c.check(dv[i], vs[i], f"adam_update_many v{i}", **ELEMENTWISE)
+        c.check(dw[i], ws[i], f"adam_update_many w{i}", atol=1e-5 * lr * steps, rtol=2e-7)
+    assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda ops, a: ops.sgd_update_many([a(3)], [a(3), a(3)], 0.1), ValueError, "1 tensors but 2 gradients"),
+    (lambda ops, a: ops.sgd_update_many([a(3), a(2)], [a(3), a(3)], 0.1), ValueError, "shapes differ in tensor 1"),
+    (lambda ops, a: ops.sgd_update_many([a(6)[::2]], [a(3)], 0.1), TypeError, "C-contiguous float32"),
+    (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [a(3)], 1e-3, 0.9, 0.999, 1e-8, 0),
+     ValueError, "counts from 1"),
+    (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [], 1e-3, 0.9, 0.999, 1e-8, 1),
+     ValueError, "1 tensors, 1 gradients, 1 and 0 moments"),
+])
+def test_cuda_update_many_refuses_bad_input(make_ops, call, error, message):
+    ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
+    with pytest.raises(error, match=message):
+        call(ops, lambda n: ops.asarray(np.zeros(n, np.float32)))
+
+
 def test_cuda_refuses_float64_with_a_clear_error(make_ops):
     ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
     x = ops.asarray(np.zeros((1, 2, 4, 4)))                 # float64
@@ -376,6 +448,8 @@ def every_op_once(ops, rng):
     ops.bce_logits_loss(a(5, 1), 1.0)
     ops.adam_update(a(2, 3, 6, 6), a(2, 3, 6, 6), a(2, 3, 6, 6), ops.xp.abs(a(2, 3, 6, 6)), 1e-3, 0.9, 0.999, 1e-8, 1)
     ops.sgd_update(a(2, 3, 6, 6), a(2, 3, 6, 6), 0.04)
+    ops.sgd_update_many([a(2, 3), a(4)], [a(2, 3), a(4)], 0.04)
+    ops.adam_update_many([a(5)], [a(5)], [a(5)], [ops.xp.abs(a(5))], 1e-3, 0.9, 0.999, 1e-8, 1)
 
 
 def test_emul_every_kernel_is_launched_and_covered():
