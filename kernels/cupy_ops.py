@@ -200,14 +200,16 @@ class CudaOps:
         self._run("im2col", cols.size, x, cols, n, c, h, w, k, pad)
         return cols
 
-    def col2im(self, cols, x_shape, k, pad):
-        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W)."""
+    def col2im(self, cols, x_shape, k, pad, c_from=0):
+        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W). With c_from > 0, cols holds
+        c_from more channels, before dx's: cols (N*Ho*Wo, (c_from + C)*k*k), and dx is the adjoint for
+        its channels c_from.. alone."""
         cols = self._f32(cols, "col2im cols")
         n, c, h, w = (int(s) for s in x_shape)
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-        self._check_same_shape(cols, (n * ho * wo, c * k * k), "col2im")
+        self._check_same_shape(cols, (n * ho * wo, (c_from + c) * k * k), "col2im")
         dx = self._empty((n, c, h, w))
-        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad)
+        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad, int(c_from))
         return dx
 
     def _rows_to_nchw_bias(self, rows, b, n, c, hw):
@@ -241,17 +243,20 @@ class CudaOps:
         dout = self._f32(dout, "conv2d_backward dout")
         self._check_same_shape(dout, (n, c_out, ho, wo), "conv2d_backward")
         rows = self._empty((n * ho * wo, c_out))                         # dout in the GEMM layout
-        self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
         dw = db = None
         if need_dw:
+            db = self._empty((c_out,))                                   # db in the same launch
+            self._run("nchw_to_rows_bias_grad", c_out + rows.size, dout, rows, db, n, c_out, ho * wo)
             cols = self.im2col(x, k, pad)
             dw = self._gemm(rows.T, cols).reshape(w.shape)
-            db = rows.sum(axis=0)
             del cols
+        else:
+            self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
         dx = None
         if need_dx:
-            w_in = self.xp.ascontiguousarray(w[:, dx_from:]).reshape(c_out, -1)
-            dx = self.col2im(self._gemm(rows, w_in), (n, c_in - dx_from, h, wd), k, pad)
+            # the columns of every input channel (no copy of w's slice), col2im of those after dx_from
+            cols = self._gemm(rows, w.reshape(c_out, -1))
+            dx = self.col2im(cols, (n, c_in - dx_from, h, wd), k, pad, c_from=dx_from)
         return dx, dw, db
 
     # ------------------------------------------------------------------ fully connected

@@ -31,6 +31,31 @@ extern "C" __global__ void nchw_to_rows(const float* __restrict__ x, float* __re
     }
 }
 
+// nchw_to_rows and the bias gradient of a convolution in one launch: db[ch] = the sum of x's channel
+// ch over the batch and the pixels (numpy_ops.conv2d_backward's column sums of D). One thread per
+// output element: threads 0 .. C-1 (first, so that their longer loops start early) each sum one
+// channel, in order (samples, then pixels; a double accumulator), the next N*HW*C threads transpose
+// as nchw_to_rows does.
+extern "C" __global__ void nchw_to_rows_bias_grad(const float* __restrict__ x, float* __restrict__ rows,
+                                                  float* __restrict__ db, long long n, long long c, long long hw)
+{
+    const long long total = c + n * hw * c;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        if (e < c) {
+            double sum = 0.0;
+            for (long long b = 0; b < n; ++b)
+                for (long long p = 0; p < hw; ++p)
+                    sum += x[(b * c + e) * hw + p];
+            db[e] = (float)sum;
+        } else {
+            const long long r = e - c;
+            const long long ch = r % c, p = (r / c) % hw, b = r / (c * hw);
+            rows[r] = x[(b * c + ch) * hw + p];
+        }
+    }
+}
+
 // Copy `count` channels between two nchw images that share N and HW: channels src_off.. of src
 // (which has c_src channels) go to channels dst_off.. of dst (c_dst channels). One thread per copied
 // element (N*count*HW). Concat forward copies each input into its slice of the output; concat

@@ -98,6 +98,11 @@ def test_cuda_im2col_col2im(make_ops, data):
     c.check(c.ops.im2col(c.dev(x), k, pad), cols_ref, "im2col", **EXACT)
     cols = c.values(cols_ref.shape)
     c.check(c.ops.col2im(c.dev(cols), shape, k, pad), ref.col2im(cols, shape, k, pad), "col2im", **EXACT)
+    # c_from: cols of c_from more channels before those of dx, which is the adjoint for the rest alone
+    c_from = data.draw(st.integers(1, 3), label="c_from")
+    wide = c.values((cols.shape[0], (c_from + shape[1]) * k * k))
+    c.check(c.ops.col2im(c.dev(wide), shape, k, pad, c_from=c_from),
+            ref.col2im(np.ascontiguousarray(wide[:, c_from * k * k:]), shape, k, pad), "col2im c_from", **EXACT)
 
 
 @pytest.mark.parametrize("mode", ["same", "valid"])
@@ -114,11 +119,13 @@ def test_cuda_conv2d(make_ops, mode, data):
     c.check(out, out_ref, "conv2d out", **SUMS)
     dout = c.values(out_ref.shape)
     need_dx = data.draw(st.booleans(), label="need_dx")
-    grads = c.ops.conv2d_backward(c.dev(dout), cache, need_dx=need_dx)
-    grads_ref = ref.conv2d_backward(dout, cache_ref, need_dx=need_dx)
+    need_dw = data.draw(st.booleans(), label="need_dw") or not need_dx
+    dx_from = data.draw(st.integers(0, c_in - 1), label="dx_from") if need_dx else 0
+    grads = c.ops.conv2d_backward(c.dev(dout), cache, need_dx=need_dx, need_dw=need_dw, dx_from=dx_from)
+    grads_ref = ref.conv2d_backward(dout, cache_ref, need_dx=need_dx, need_dw=need_dw, dx_from=dx_from)
     for name, g, g_ref in zip(["dx", "dw", "db"], grads, grads_ref):
         if g_ref is None:
-            assert g is None, "need_dx=False must give dx None"
+            assert g is None, f"conv2d {name} must be None (need_dx={need_dx}, need_dw={need_dw})"
         else:
             c.check(g, g_ref, f"conv2d {name}", **SUMS)
 
@@ -433,6 +440,7 @@ def every_op_once(ops, rng):
     for mode in ("same", "valid"):
         out, cache = ops.conv2d_forward(x, a(4, 3, 3, 3), a(4), mode)
         ops.conv2d_backward(a(*out.shape), cache)
+        ops.conv2d_backward(a(*out.shape), cache, need_dw=False, dx_from=1)
     out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5))
     ops.fc_backward(a(3, 5), cache)
     for op in ("relu", "tanh", "sigmoid", "maxpool2"):
