@@ -189,15 +189,14 @@ def _conv2d_backward(ops, dout, conv_cache, c_in, skip):
 
 # ----------------------------------------------------------------------------- shared layers
 def _conv_stack_forward(ops, params, prefix, x, n_layers, mode, relu_last):
-    """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches."""
+    """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches.
+    Each ReLU is applied by the call of the convolution before it (relu=True): one pass on the GPU."""
     caches = []
     for i in range(1, n_layers + 1):
         c_in = x.shape[1]
-        x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"], mode)
-        relu_cache = None
-        if i < n_layers or relu_last:
-            x, relu_cache = ops.relu_forward(x)
-        caches.append((conv_cache, relu_cache, c_in))
+        x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"],
+                                           mode, relu=i < n_layers or relu_last)
+        caches.append((conv_cache, c_in))
     return x, caches
 
 
@@ -206,9 +205,7 @@ def _conv_stack_backward(ops, prefix, dout, caches, grads, skip=Skip()):
     (unless skip.params); returns the gradient of the stack's input channels after its skip.data
     data channels (None when all are data)."""
     for i in range(len(caches), 0, -1):
-        conv_cache, relu_cache, c_in = caches[i - 1]
-        if relu_cache is not None:
-            dout = ops.relu_backward(dout, relu_cache)
+        conv_cache, c_in = caches[i - 1]                                 # the backward of conv [-> relu]
         layer_skip = skip if i == 1 else skip._replace(data=0)       # only the stack's input holds data
         dout, dw, db = _conv2d_backward(ops, dout, conv_cache, c_in, layer_skip)
         if not skip.params:
@@ -374,16 +371,14 @@ def conv_same_in_bands(ops, x, w, b, relu, band_bytes=None):
     per_row = x.dtype.itemsize * n * (wd + 2 * p) * (c_in * k * k + c_in + 2 * c_out)
     rows = h if band_bytes is None else max(1, int(band_bytes // per_row))
     if rows >= h:
-        out, _ = ops.conv2d_forward(x, w, b, "same")
-        return ops.relu_forward(out)[0] if relu else out
+        return ops.conv2d_forward(x, w, b, "same", relu=relu)[0]
     out = ops.xp.empty((n, c_out, h, wd), dtype=x.dtype)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = ops.xp.zeros((n, c_in, r1 - r0 + 2 * p, wd + 2 * p), dtype=x.dtype)
         s0, s1 = max(0, r0 - p), min(h, r1 + p)
         band[:, :, s0 - r0 + p:s1 - r0 + p, p:p + wd] = x[:, :, s0:s1]
-        y, _ = ops.conv2d_forward(band, w, b, "valid")
-        out[:, :, r0:r1] = ops.relu_forward(y)[0] if relu else y
+        out[:, :, r0:r1] = ops.conv2d_forward(band, w, b, "valid", relu=relu)[0]
     return out
 
 
@@ -447,12 +442,10 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
         h, pool_cache = ops.maxpool2_forward(h)
     h, flat_cache = ops.flatten_forward(h)
     fc_caches, n_fc = [], len(config["d_fc"][j]) + 1
-    for i in range(1, n_fc + 1):
-        h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"])
-        relu_cache = None
-        if i < n_fc:
-            h, relu_cache = ops.relu_forward(h)
-        fc_caches.append((fc_cache, relu_cache))
+    for i in range(1, n_fc + 1):       # fc -> relu, ..., fc (the ReLU applied by the fc's call)
+        h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"],
+                                     relu=i < n_fc)
+        fc_caches.append(fc_cache)
     return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1], Y_k.shape[1])
 
 
@@ -467,10 +460,7 @@ def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, 
     skip = Skip(data=x_channels if need_candidate_grad else x_channels + y_channels, params=not need_param_grads)
     grads, d = {}, dlogits
     for i in range(len(fc_caches), 0, -1):
-        fc_cache, relu_cache = fc_caches[i - 1]
-        if relu_cache is not None:
-            d = ops.relu_backward(d, relu_cache)
-        d, dw, db = ops.fc_backward(d, fc_cache, need_dw=not skip.params)
+        d, dw, db = ops.fc_backward(d, fc_caches[i - 1], need_dw=not skip.params)
         if not skip.params:
             grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = dw, db
     d = ops.flatten_backward(d, flat_cache)

@@ -212,13 +212,30 @@ class CudaOps:
         self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad, int(c_from))
         return dx
 
-    def _rows_to_nchw_bias(self, rows, b, n, c, hw):
+    def _rows_to_nchw_bias(self, rows, b, n, c, hw, relu):
+        """The GEMM's rows (N*HW, C) -> (N, C, HW), plus the bias, then the ReLU if relu: one launch."""
         out = self._empty((n, c, hw))
-        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw)
+        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw, int(bool(relu)))
         return out
 
-    def conv2d_forward(self, x, w, b, mode):
-        """Stride-1 convolution, im2col + one cuBLAS GEMM; see numpy_ops.conv2d_forward."""
+    def _nchw_to_rows(self, dout, out, n, c, hw, need_db):
+        """dout (N, C, HW) -> the GEMM's rows (N*HW, C), taken back first through the ReLU whose
+        output was `out` (None: no ReLU), and the bias gradient db (C,) if need_db (else None): one
+        launch either way."""
+        rows = self._empty((n * hw, c))
+        relu = int(out is not None)
+        out = dout if out is None else out                      # not read without a ReLU
+        if not need_db:
+            self._run("nchw_to_rows", rows.size, dout, out, rows, n, c, hw, relu)
+            return rows, None
+        db = self._empty((c,))
+        self._run("nchw_to_rows_bias_grad", c + rows.size, dout, out, rows, db, n, c, hw, relu)
+        return rows, db
+
+    def conv2d_forward(self, x, w, b, mode, relu=False):
+        """Stride-1 convolution, im2col + one cuBLAS GEMM, then the bias and the ReLU (relu=True)
+        in the launch that puts the GEMM's rows in NCHW; see numpy_ops.conv2d_forward. The cache
+        keeps the output as the ReLU's (None without one)."""
         pad = conv_check(x.shape, w.shape, mode)
         x, w, b = self._f32(x, "conv2d x"), self._f32(w, "conv2d weight"), self._f32(b, "conv2d bias")
         n, _, h, wd = x.shape
@@ -228,30 +245,27 @@ class CudaOps:
         ho, wo = conv_output_size(h, wd, k, mode)
         cols = self.im2col(x, k, pad)                                     # (N*Ho*Wo, C_in*k*k)
         rows = self._gemm(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
-        out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo)
+        out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo, relu).reshape(n, c_out, ho, wo)
         # as numpy_ops: the backward recomputes cols from x
-        return out.reshape(n, c_out, ho, wo), (x, w, pad)
+        return out, (x, w, pad, out if relu else None)
 
     def conv2d_backward(self, dout, cache, need_dx=True, need_dw=True, dx_from=0):
         """-> dx (N, C_in - dx_from, H, W) or None (need_dx=False), dw (C_out, C_in, k, k) and
         db (C_out,), or None for both (need_dw=False); see numpy_ops.conv2d_backward."""
-        x, w, pad = cache
+        x, w, pad, relu_out = cache
         n, c_in, h, wd = x.shape
         c_out, _, k, _ = w.shape
         check_dx_from(dx_from, c_in)
         ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
         dout = self._f32(dout, "conv2d_backward dout")
         self._check_same_shape(dout, (n, c_out, ho, wo), "conv2d_backward")
-        rows = self._empty((n * ho * wo, c_out))                         # dout in the GEMM layout
-        dw = db = None
+        # dout through the ReLU, in the GEMM layout, and db: one launch
+        rows, db = self._nchw_to_rows(dout, relu_out, n, c_out, ho * wo, need_db=need_dw)
+        dw = None
         if need_dw:
-            db = self._empty((c_out,))                                   # db in the same launch
-            self._run("nchw_to_rows_bias_grad", c_out + rows.size, dout, rows, db, n, c_out, ho * wo)
             cols = self.im2col(x, k, pad)
             dw = self._gemm(rows.T, cols).reshape(w.shape)
             del cols
-        else:
-            self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
         dx = None
         if need_dx:
             # the columns of every input channel (no copy of w's slice), col2im of those after dx_from
@@ -260,8 +274,9 @@ class CudaOps:
         return dx, dw, db
 
     # ------------------------------------------------------------------ fully connected
-    def fc_forward(self, x, w, b):
-        """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out (N, D_out) = x w^T + b."""
+    def fc_forward(self, x, w, b, relu=False):
+        """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out (N, D_out) = x w^T + b [then the ReLU,
+        in the same launch as the bias]."""
         _check_rank(x, 2, "fc")
         if x.shape[1] != w.shape[1]:
             raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
@@ -269,17 +284,20 @@ class CudaOps:
         n, d_out = x.shape[0], w.shape[0]
         if tuple(b.shape) != (d_out,):
             raise ValueError(f"fc: bias must have shape ({d_out},), got {tuple(b.shape)}")
-        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
-        return out.reshape(n, d_out), (x, w)
+        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1, relu).reshape(n, d_out)  # HW = 1
+        return out, (x, w, out if relu else None)
 
     def fc_backward(self, dout, cache, need_dw=True):
         """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in) and db (D_out,), or None for both (need_dw=False)."""
-        x, w = cache
+        x, w, relu_out = cache
         dout = self._f32(dout, "fc_backward dout")
         self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
+        db = None
+        if need_dw or relu_out is not None:     # dout through the ReLU and db, one launch (HW = 1)
+            dout, db = self._nchw_to_rows(dout, relu_out, x.shape[0], w.shape[0], 1, need_db=need_dw)
         if not need_dw:
             return self._gemm(dout, w), None, None
-        return self._gemm(dout, w), self._gemm(dout.T, x), dout.sum(axis=0)
+        return self._gemm(dout, w), self._gemm(dout.T, x), db
 
     # ------------------------------------------------------------------ activations
     def _unary(self, kernel, x, what):

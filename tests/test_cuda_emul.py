@@ -114,8 +114,9 @@ def test_cuda_conv2d(make_ops, mode, data):
     n, c_in, c_out = data.draw(batch), data.draw(channels), data.draw(channels)
     h, w = data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11))
     x, wt, b = c.values((n, c_in, h, w)), c.values((c_out, c_in, k, k), 1 / k), c.values(c_out)
-    out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
-    out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode)
+    relu = data.draw(st.booleans(), label="relu")
+    out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode, relu=relu)
+    out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode, relu=relu)
     c.check(out, out_ref, "conv2d out", **SUMS)
     dout = c.values(out_ref.shape)
     need_dx = data.draw(st.booleans(), label="need_dx")
@@ -135,13 +136,17 @@ def test_cuda_conv2d(make_ops, mode, data):
 def test_cuda_fc(make_ops, data, n, d_in, d_out):
     c = Case(make_ops, data)
     x, w, b = c.values((n, d_in)), c.values((d_out, d_in), d_in ** -0.5), c.values(d_out)
-    out_ref, cache_ref = ref.fc_forward(x, w, b)
-    out, cache = c.ops.fc_forward(c.dev(x), c.dev(w), c.dev(b))
+    relu, need_dw = data.draw(st.booleans(), label="relu"), data.draw(st.booleans(), label="need_dw")
+    out_ref, cache_ref = ref.fc_forward(x, w, b, relu=relu)
+    out, cache = c.ops.fc_forward(c.dev(x), c.dev(w), c.dev(b), relu=relu)
     c.check(out, out_ref, "fc out", **SUMS)
     dout = c.values(out_ref.shape)
-    for name, g, g_ref in zip(["dx", "dw", "db"], c.ops.fc_backward(c.dev(dout), cache),
-                              ref.fc_backward(dout, cache_ref)):
-        c.check(g, g_ref, f"fc {name}", **SUMS)
+    for name, g, g_ref in zip(["dx", "dw", "db"], c.ops.fc_backward(c.dev(dout), cache, need_dw=need_dw),
+                              ref.fc_backward(dout, cache_ref, need_dw=need_dw)):
+        if g_ref is None:
+            assert g is None, f"fc {name} must be None without need_dw"
+        else:
+            c.check(g, g_ref, f"fc {name}", **SUMS)
 
 
 # --------------------------------------------------------------------------- activations
@@ -443,6 +448,8 @@ def every_op_once(ops, rng):
         ops.conv2d_backward(a(*out.shape), cache, need_dw=False, dx_from=1)
     out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5))
     ops.fc_backward(a(3, 5), cache)
+    out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5), relu=True)
+    ops.fc_backward(a(3, 5), cache, need_dw=False)
     for op in ("relu", "tanh", "sigmoid", "maxpool2"):
         out, cache = getattr(ops, op + "_forward")(x)
         getattr(ops, op + "_backward")(a(*out.shape), cache)
