@@ -502,7 +502,7 @@ def d_loss(ops, params, config, X, Y, preds):
 def d_loss_batched(ops, params, config, X, Y, preds):
     """d_loss computed on one batch of 2N per scale; the BCE mean over 2N is doubled so that it
     equals the sum of the two terms' means (and so is the gradient). Same return values as d_loss."""
-    total, grads, acc_real, acc_fake = 0.0, {}, 0.0, 0.0
+    total, grads, logits_k = 0.0, {}, []
     n = X.shape[0]
     target = ops.asarray(np.repeat([1.0, 0.0], n)[:, None], dtype=preds[config["scales"][-1]].dtype)
     for k in config["scales"]:
@@ -513,11 +513,11 @@ def d_loss_batched(ops, params, config, X, Y, preds):
         loss, dlogits = ops.bce_logits_loss(logits, target)
         g, _ = discriminator_backward(ops, config, 2 * dlogits, cache, k, need_candidate_grad=False)
         grads.update(g)
-        total = total + 2 * loss
-        acc_real = acc_real + (logits[:n] > 0).mean()
-        acc_fake = acc_fake + (logits[n:] < 0).mean()
-    scales = len(config["scales"])
-    return total, grads, acc_real / scales, acc_fake / scales
+        total = total + loss
+        logits_k.append(logits)
+    # the accuracies of all the scales at once (the mean over scales of each scale's mean over N)
+    logits = ops.xp.concatenate(logits_k, axis=1)                        # (2N, scales)
+    return 2 * total, grads, (logits[:n] > 0).mean(), (logits[n:] < 0).mean()
 
 
 def g_loss(ops, params, config, X, Y, preds, use_adv=True):

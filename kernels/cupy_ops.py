@@ -459,14 +459,12 @@ class CudaOps:
         _check_rank(pred, 4, "gdl_loss")
         pred, target = self._f32(pred, "gdl_loss pred"), self._f32(target, "gdl_loss target")
         n, c, h, w = pred.shape
-        term_v, term_h = self._empty((n, c, h - 1, w)), self._empty((n, c, h, w - 1))
-        self._run("gdl_loss_terms", pred.size, pred, target, term_v, term_h, n, c, h, w, int(alpha))
-        means = [term.mean() for term in (term_v, term_h) if term.size]   # a side of 1 has no pairs
-        # one addition kernel (not 0.0 + first + second: two); no pairs at all -> 0.0, as numpy_ops
-        loss = means[0] + means[1] if len(means) == 2 else means[0] if means else 0.0
+        # the vertical pairs' terms, then the horizontal ones', each divided by its count (a side
+        # of 1 has no pairs), and the gradient: one launch; the loss, the two means' sum, one sum
+        term = self._empty((n * c * (h - 1) * w + n * c * h * (w - 1),))
         dpred = self._empty(pred.shape)
-        self._run("gdl_loss_grad", pred.size, pred, target, dpred, n, c, h, w, int(alpha))
-        return loss, dpred
+        self._run("gdl_loss_terms", pred.size, pred, target, term, dpred, n, c, h, w, int(alpha))
+        return term.sum(), dpred
 
     def bce_logits_loss(self, logits, target):
         """Binary cross-entropy of sigmoid(logits), mean over the batch -> (loss, dlogits).
