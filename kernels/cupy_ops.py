@@ -4,12 +4,15 @@
 (`out, cache = op_forward(...)`, `dx, ... = op_backward(dout, cache)`, losses return
 `(loss, dpred)`), so the model and the trainer never branch on the backend. The caches hold
 what this backend's own backward needs, which is not always what numpy_ops keeps (relu keeps
-its output instead of a mask, maxpool2 an int32 argmax).
+its output instead of a mask, as do conv2d and fc with relu=True; maxpool2 an int32 argmax).
 
 - GEMMs go to cuBLAS through `xp.matmul`, all of them through `_gemm` (which bench.py times);
   everything else is a kernel of kernels/*.cu, launched with one thread per output element and
-  a grid-stride loop. Reductions (bias gradients, the means of the losses) are `xp` reductions
-  (`.sum()`, `.mean()`).
+  a grid-stride loop. The means of the losses are `xp` reductions (`.mean()`, `.sum()`).
+- Few launches per training iteration (issue 12; `python tests/test_gpu_path.py` counts them):
+  a layer's bias and ReLU (relu=True) go into the launch that puts the GEMM's rows in NCHW, the
+  ReLU's gradient and the bias gradient into the launch that puts dout in the GEMM layout, and
+  sgd_update_many / adam_update_many update all of a network's tensors in one launch.
 - float32 only: the kernels take `const float*`. An op given another dtype raises a TypeError
   naming the op and the argument (no silent cast); `asarray(a, dtype)` is the place to convert.
 - A loss value is a 0-d device array (float32); `float(loss)` or `to_host(loss)` brings it to the host.
