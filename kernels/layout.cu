@@ -85,3 +85,18 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, float* _
         dst[(b * c_dst + dst_off + ch) * hw + p] = src[(b * c_src + src_off + ch) * hw + p];
     }
 }
+
+// Concatenation of two nchw images along the channels, in one launch (concat_forward of two inputs:
+// G's [X_k, u_k(Y_hat_(k-1))], D's [X_k, Y_k]): out (N, ca + cb, HW) takes channels 0..ca-1 from a
+// (N, ca, HW) and the next cb from b (N, cb, HW). One thread per element of out.
+extern "C" __global__ void concat_channels2(const float* __restrict__ a, const float* __restrict__ b,
+                                            float* __restrict__ out, long long n, long long ca, long long cb,
+                                            long long hw)
+{
+    const long long c = ca + cb, total = n * c * hw;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long p = e % hw, ch = (e / hw) % c, s = e / (hw * c);
+        out[e] = ch < ca ? a[(s * ca + ch) * hw + p] : b[(s * cb + ch - ca) * hw + p];
+    }
+}

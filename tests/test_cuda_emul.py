@@ -219,6 +219,16 @@ def test_cuda_concat(make_ops, data, n, cs, h, w):
         c.check(g, g_ref, f"concat dx{i}", **EXACT)
 
 
+@given(data=st.data(), n=batch, ca=channels, cb=channels, h=side, w=side)
+def test_cuda_concat_of_two_is_one_launch(make_ops, data, n, ca, cb, h, w):
+    """Two inputs (every concatenation of the model): concat_channels2, exactly numpy's concatenate."""
+    c = Case(make_ops, data)
+    xs = [c.values((n, ca, h, w)), c.values((n, cb, h, w))]
+    out, cache = c.ops.concat_forward([c.dev(x) for x in xs])
+    c.check(out, ref.concat_forward(xs)[0], "concat of two", **EXACT)
+    assert cache == [ca, cb]
+
+
 @given(data=st.data(), shape=st.tuples(batch, channels, side, side))
 def test_cuda_flatten(make_ops, data, shape):
     c = Case(make_ops, data)

@@ -391,9 +391,10 @@ if __name__ == "__main__":
 # fewer per call); d_loss_batched's accuracies from all the scales' logits at once. Counted with
 # CuPy's concatenate as it launches (one copy per array up to 8 arrays, which raised the count of the
 # 2-array concatenations and of read_log's stack of 7 values); 681 was counted with one kernel each.
+# 648: concat_forward of two inputs (all of the model's) in one launch, concat_channels2.
 BOUNDS = {
-    "adam": dict(launches=662, kernel=367, gemm=190, elementwise=87, reduction=18, h2d=7, d2h=1),
-    "sgd": dict(launches=662, kernel=367, gemm=190, elementwise=87, reduction=18, h2d=7, d2h=1),
+    "adam": dict(launches=648, kernel=353, gemm=190, elementwise=87, reduction=18, h2d=7, d2h=1),
+    "sgd": dict(launches=648, kernel=353, gemm=190, elementwise=87, reduction=18, h2d=7, d2h=1),
 }
 
 
