@@ -189,15 +189,14 @@ def _conv2d_backward(ops, dout, conv_cache, c_in, skip):
 
 # ----------------------------------------------------------------------------- shared layers
 def _conv_stack_forward(ops, params, prefix, x, n_layers, mode, relu_last):
-    """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches."""
+    """conv -> relu -> ... -> conv [-> relu]. Returns out and the per-layer caches.
+    Each ReLU is applied by the call of the convolution before it (relu=True): one pass on the GPU."""
     caches = []
     for i in range(1, n_layers + 1):
         c_in = x.shape[1]
-        x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"], mode)
-        relu_cache = None
-        if i < n_layers or relu_last:
-            x, relu_cache = ops.relu_forward(x)
-        caches.append((conv_cache, relu_cache, c_in))
+        x, conv_cache = ops.conv2d_forward(x, params[f"{prefix}/conv{i}/weight"], params[f"{prefix}/conv{i}/bias"],
+                                           mode, relu=i < n_layers or relu_last)
+        caches.append((conv_cache, c_in))
     return x, caches
 
 
@@ -206,9 +205,7 @@ def _conv_stack_backward(ops, prefix, dout, caches, grads, skip=Skip()):
     (unless skip.params); returns the gradient of the stack's input channels after its skip.data
     data channels (None when all are data)."""
     for i in range(len(caches), 0, -1):
-        conv_cache, relu_cache, c_in = caches[i - 1]
-        if relu_cache is not None:
-            dout = ops.relu_backward(dout, relu_cache)
+        conv_cache, c_in = caches[i - 1]                                 # the backward of conv [-> relu]
         layer_skip = skip if i == 1 else skip._replace(data=0)       # only the stack's input holds data
         dout, dw, db = _conv2d_backward(ops, dout, conv_cache, c_in, layer_skip)
         if not skip.params:
@@ -374,16 +371,14 @@ def conv_same_in_bands(ops, x, w, b, relu, band_bytes=None):
     per_row = x.dtype.itemsize * n * (wd + 2 * p) * (c_in * k * k + c_in + 2 * c_out)
     rows = h if band_bytes is None else max(1, int(band_bytes // per_row))
     if rows >= h:
-        out, _ = ops.conv2d_forward(x, w, b, "same")
-        return ops.relu_forward(out)[0] if relu else out
+        return ops.conv2d_forward(x, w, b, "same", relu=relu)[0]
     out = ops.xp.empty((n, c_out, h, wd), dtype=x.dtype)
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         band = ops.xp.zeros((n, c_in, r1 - r0 + 2 * p, wd + 2 * p), dtype=x.dtype)
         s0, s1 = max(0, r0 - p), min(h, r1 + p)
         band[:, :, s0 - r0 + p:s1 - r0 + p, p:p + wd] = x[:, :, s0:s1]
-        y, _ = ops.conv2d_forward(band, w, b, "valid")
-        out[:, :, r0:r1] = ops.relu_forward(y)[0] if relu else y
+        out[:, :, r0:r1] = ops.conv2d_forward(band, w, b, "valid", relu=relu)[0]
     return out
 
 
@@ -447,12 +442,10 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
         h, pool_cache = ops.maxpool2_forward(h)
     h, flat_cache = ops.flatten_forward(h)
     fc_caches, n_fc = [], len(config["d_fc"][j]) + 1
-    for i in range(1, n_fc + 1):
-        h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"])
-        relu_cache = None
-        if i < n_fc:
-            h, relu_cache = ops.relu_forward(h)
-        fc_caches.append((fc_cache, relu_cache))
+    for i in range(1, n_fc + 1):       # fc -> relu, ..., fc (the ReLU applied by the fc's call)
+        h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"],
+                                     relu=i < n_fc)
+        fc_caches.append(fc_cache)
     return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1], Y_k.shape[1])
 
 
@@ -467,10 +460,7 @@ def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, 
     skip = Skip(data=x_channels if need_candidate_grad else x_channels + y_channels, params=not need_param_grads)
     grads, d = {}, dlogits
     for i in range(len(fc_caches), 0, -1):
-        fc_cache, relu_cache = fc_caches[i - 1]
-        if relu_cache is not None:
-            d = ops.relu_backward(d, relu_cache)
-        d, dw, db = ops.fc_backward(d, fc_cache, need_dw=not skip.params)
+        d, dw, db = ops.fc_backward(d, fc_caches[i - 1], need_dw=not skip.params)
         if not skip.params:
             grads[f"D/scale{k}/fc{i}/weight"], grads[f"D/scale{k}/fc{i}/bias"] = dw, db
     d = ops.flatten_backward(d, flat_cache)
@@ -512,7 +502,7 @@ def d_loss(ops, params, config, X, Y, preds):
 def d_loss_batched(ops, params, config, X, Y, preds):
     """d_loss computed on one batch of 2N per scale; the BCE mean over 2N is doubled so that it
     equals the sum of the two terms' means (and so is the gradient). Same return values as d_loss."""
-    total, grads, acc_real, acc_fake = 0.0, {}, 0.0, 0.0
+    total, grads, logits_k = 0.0, {}, []
     n = X.shape[0]
     target = ops.asarray(np.repeat([1.0, 0.0], n)[:, None], dtype=preds[config["scales"][-1]].dtype)
     for k in config["scales"]:
@@ -523,11 +513,11 @@ def d_loss_batched(ops, params, config, X, Y, preds):
         loss, dlogits = ops.bce_logits_loss(logits, target)
         g, _ = discriminator_backward(ops, config, 2 * dlogits, cache, k, need_candidate_grad=False)
         grads.update(g)
-        total = total + 2 * loss
-        acc_real = acc_real + (logits[:n] > 0).mean()
-        acc_fake = acc_fake + (logits[n:] < 0).mean()
-    scales = len(config["scales"])
-    return total, grads, acc_real / scales, acc_fake / scales
+        total = total + loss
+        logits_k.append(logits)
+    # the accuracies of all the scales at once (the mean over scales of each scale's mean over N)
+    logits = ops.xp.concatenate(logits_k, axis=1)                        # (2N, scales)
+    return 2 * total, grads, (logits[:n] > 0).mean(), (logits[n:] < 0).mean()
 
 
 def g_loss(ops, params, config, X, Y, preds, use_adv=True):
@@ -570,9 +560,9 @@ def lr_g_at(step, total_steps, start=LR_G_START, end=LR_G_END):
 
 def sgd_update(params, grads, lr, ops):
     """Plain SGD (Algorithm 1), in place on every parameter in grads: W <- W - lr dL/dW
-    (ops.sgd_update does each tensor; one kernel launch per tensor on the GPU)."""
-    for key, g in grads.items():
-        ops.sgd_update(params[key], g, lr)
+    (ops.sgd_update_many does ops.sgd_update on each tensor; on the GPU, all in one kernel launch)."""
+    keys = list(grads)
+    ops.sgd_update_many([params[key] for key in keys], [grads[key] for key in keys], lr)
 
 
 # Adam (Kingma & Ba 2015) is not the paper's optimiser; the common reimplementations use it and
@@ -590,10 +580,12 @@ def adam_init(params, net):
 def adam_update(params, grads, lr, state, ops=None):
     """One Adam step, in place, on every parameter in grads (ops.adam_update does each tensor:
     m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2; W <- W - lr m_hat / (sqrt(v_hat) + eps),
-    m_hat, v_hat the bias-corrected moments of step t)."""
+    m_hat, v_hat the bias-corrected moments of step t; ops.adam_update_many, on the GPU in one launch)."""
     state["t"] += 1
-    for key, g in grads.items():
-        ops.adam_update(params[key], g, state["m"][key], state["v"][key], lr, *ADAM_BETAS, ADAM_EPS, state["t"])
+    keys = list(grads)
+    ops.adam_update_many([params[key] for key in keys], [grads[key] for key in keys],
+                         [state["m"][key] for key in keys], [state["v"][key] for key in keys],
+                         lr, *ADAM_BETAS, ADAM_EPS, state["t"])
 
 
 def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None):

@@ -30,12 +30,15 @@ extern "C" __global__ void im2col(const float* __restrict__ x, float* __restrict
 // col2im: one thread per element of dx (N*C*H*W of them). A gather, so no atomics and a fixed
 // summation order (taps i, then j, as numpy_ops.col2im): thread (b, ch, yy, xx) adds the cols entry
 // of every window (y, x0) = (yy + pad - i, xx + pad - j) that covers the pixel.
+// cols may hold c_from channels more, before dx's C: dx is then the adjoint for channels
+// c_from .. c_from + C - 1 of cols alone (conv2d_backward's dx_from: the gradient of the input
+// channels after its data channels, without copying the weight's slice for them).
 extern "C" __global__ void col2im(const float* __restrict__ cols, float* __restrict__ dx,
                                   long long n, long long c, long long h, long long w,
-                                  long long k, long long pad)
+                                  long long k, long long pad, long long c_from)
 {
     const long long ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
-    const long long ckk = c * k * k;
+    const long long ckk = (c_from + c) * k * k;
     const long long total = n * c * h * w;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
@@ -47,7 +50,7 @@ extern "C" __global__ void col2im(const float* __restrict__ cols, float* __restr
             for (long long j = 0; j < k; ++j) {
                 const long long x0 = xx + pad - j;
                 if (x0 < 0 || x0 >= wo) continue;
-                sum += cols[((b * ho + y) * wo + x0) * ckk + (ch * k + i) * k + j];
+                sum += cols[((b * ho + y) * wo + x0) * ckk + ((c_from + ch) * k + i) * k + j];
             }
         }
         dx[e] = sum;

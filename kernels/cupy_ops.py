@@ -4,12 +4,15 @@
 (`out, cache = op_forward(...)`, `dx, ... = op_backward(dout, cache)`, losses return
 `(loss, dpred)`), so the model and the trainer never branch on the backend. The caches hold
 what this backend's own backward needs, which is not always what numpy_ops keeps (relu keeps
-its output instead of a mask, maxpool2 an int32 argmax).
+its output instead of a mask, as do conv2d and fc with relu=True; maxpool2 an int32 argmax).
 
 - GEMMs go to cuBLAS through `xp.matmul`, all of them through `_gemm` (which bench.py times);
   everything else is a kernel of kernels/*.cu, launched with one thread per output element and
-  a grid-stride loop. Reductions (bias gradients, the means of the losses) are `xp` reductions
-  (`.sum()`, `.mean()`).
+  a grid-stride loop. The means of the losses are `xp` reductions (`.mean()`, `.sum()`).
+- Few launches per training iteration (issue 12; `python tests/test_gpu_path.py` counts them):
+  a layer's bias and ReLU (relu=True) go into the launch that puts the GEMM's rows in NCHW, the
+  ReLU's gradient and the bias gradient into the launch that puts dout in the GEMM layout, and
+  sgd_update_many / adam_update_many update all of a network's tensors in one launch.
 - float32 only: the kernels take `const float*`. An op given another dtype raises a TypeError
   naming the op and the argument (no silent cast); `asarray(a, dtype)` is the place to convert.
 - A loss value is a 0-d device array (float32); `float(loss)` or `to_host(loss)` brings it to the host.
@@ -200,23 +203,42 @@ class CudaOps:
         self._run("im2col", cols.size, x, cols, n, c, h, w, k, pad)
         return cols
 
-    def col2im(self, cols, x_shape, k, pad):
-        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W)."""
+    def col2im(self, cols, x_shape, k, pad, c_from=0):
+        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W). With c_from > 0, cols holds
+        c_from more channels, before dx's: cols (N*Ho*Wo, (c_from + C)*k*k), and dx is the adjoint for
+        its channels c_from.. alone."""
         cols = self._f32(cols, "col2im cols")
         n, c, h, w = (int(s) for s in x_shape)
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-        self._check_same_shape(cols, (n * ho * wo, c * k * k), "col2im")
+        self._check_same_shape(cols, (n * ho * wo, (c_from + c) * k * k), "col2im")
         dx = self._empty((n, c, h, w))
-        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad)
+        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad, int(c_from))
         return dx
 
-    def _rows_to_nchw_bias(self, rows, b, n, c, hw):
+    def _rows_to_nchw_bias(self, rows, b, n, c, hw, relu):
+        """The GEMM's rows (N*HW, C) -> (N, C, HW), plus the bias, then the ReLU if relu: one launch."""
         out = self._empty((n, c, hw))
-        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw)
+        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw, int(bool(relu)))
         return out
 
-    def conv2d_forward(self, x, w, b, mode):
-        """Stride-1 convolution, im2col + one cuBLAS GEMM; see numpy_ops.conv2d_forward."""
+    def _nchw_to_rows(self, dout, out, n, c, hw, need_db):
+        """dout (N, C, HW) -> the GEMM's rows (N*HW, C), taken back first through the ReLU whose
+        output was `out` (None: no ReLU), and the bias gradient db (C,) if need_db (else None): one
+        launch either way."""
+        rows = self._empty((n * hw, c))
+        relu = int(out is not None)
+        out = dout if out is None else out                      # not read without a ReLU
+        if not need_db:
+            self._run("nchw_to_rows", rows.size, dout, out, rows, n, c, hw, relu)
+            return rows, None
+        db = self._empty((c,))
+        self._run("nchw_to_rows_bias_grad", c + rows.size, dout, out, rows, db, n, c, hw, relu)
+        return rows, db
+
+    def conv2d_forward(self, x, w, b, mode, relu=False):
+        """Stride-1 convolution, im2col + one cuBLAS GEMM, then the bias and the ReLU (relu=True)
+        in the launch that puts the GEMM's rows in NCHW; see numpy_ops.conv2d_forward. The cache
+        keeps the output as the ReLU's (None without one)."""
         pad = conv_check(x.shape, w.shape, mode)
         x, w, b = self._f32(x, "conv2d x"), self._f32(w, "conv2d weight"), self._f32(b, "conv2d bias")
         n, _, h, wd = x.shape
@@ -226,37 +248,38 @@ class CudaOps:
         ho, wo = conv_output_size(h, wd, k, mode)
         cols = self.im2col(x, k, pad)                                     # (N*Ho*Wo, C_in*k*k)
         rows = self._gemm(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
-        out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo)
+        out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo, relu).reshape(n, c_out, ho, wo)
         # as numpy_ops: the backward recomputes cols from x
-        return out.reshape(n, c_out, ho, wo), (x, w, pad)
+        return out, (x, w, pad, out if relu else None)
 
     def conv2d_backward(self, dout, cache, need_dx=True, need_dw=True, dx_from=0):
         """-> dx (N, C_in - dx_from, H, W) or None (need_dx=False), dw (C_out, C_in, k, k) and
         db (C_out,), or None for both (need_dw=False); see numpy_ops.conv2d_backward."""
-        x, w, pad = cache
+        x, w, pad, relu_out = cache
         n, c_in, h, wd = x.shape
         c_out, _, k, _ = w.shape
         check_dx_from(dx_from, c_in)
         ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
         dout = self._f32(dout, "conv2d_backward dout")
         self._check_same_shape(dout, (n, c_out, ho, wo), "conv2d_backward")
-        rows = self._empty((n * ho * wo, c_out))                         # dout in the GEMM layout
-        self._run("nchw_to_rows", rows.size, dout, rows, n, c_out, ho * wo)
-        dw = db = None
+        # dout through the ReLU, in the GEMM layout, and db: one launch
+        rows, db = self._nchw_to_rows(dout, relu_out, n, c_out, ho * wo, need_db=need_dw)
+        dw = None
         if need_dw:
             cols = self.im2col(x, k, pad)
             dw = self._gemm(rows.T, cols).reshape(w.shape)
-            db = rows.sum(axis=0)
             del cols
         dx = None
         if need_dx:
-            w_in = self.xp.ascontiguousarray(w[:, dx_from:]).reshape(c_out, -1)
-            dx = self.col2im(self._gemm(rows, w_in), (n, c_in - dx_from, h, wd), k, pad)
+            # the columns of every input channel (no copy of w's slice), col2im of those after dx_from
+            cols = self._gemm(rows, w.reshape(c_out, -1))
+            dx = self.col2im(cols, (n, c_in - dx_from, h, wd), k, pad, c_from=dx_from)
         return dx, dw, db
 
     # ------------------------------------------------------------------ fully connected
-    def fc_forward(self, x, w, b):
-        """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out (N, D_out) = x w^T + b."""
+    def fc_forward(self, x, w, b, relu=False):
+        """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out (N, D_out) = x w^T + b [then the ReLU,
+        in the same launch as the bias]."""
         _check_rank(x, 2, "fc")
         if x.shape[1] != w.shape[1]:
             raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
@@ -264,17 +287,20 @@ class CudaOps:
         n, d_out = x.shape[0], w.shape[0]
         if tuple(b.shape) != (d_out,):
             raise ValueError(f"fc: bias must have shape ({d_out},), got {tuple(b.shape)}")
-        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1)   # HW = 1: adds b
-        return out.reshape(n, d_out), (x, w)
+        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1, relu).reshape(n, d_out)  # HW = 1
+        return out, (x, w, out if relu else None)
 
     def fc_backward(self, dout, cache, need_dw=True):
         """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in) and db (D_out,), or None for both (need_dw=False)."""
-        x, w = cache
+        x, w, relu_out = cache
         dout = self._f32(dout, "fc_backward dout")
         self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
+        db = None
+        if need_dw or relu_out is not None:     # dout through the ReLU and db, one launch (HW = 1)
+            dout, db = self._nchw_to_rows(dout, relu_out, x.shape[0], w.shape[0], 1, need_db=need_dw)
         if not need_dw:
             return self._gemm(dout, w), None, None
-        return self._gemm(dout, w), self._gemm(dout.T, x), dout.sum(axis=0)
+        return self._gemm(dout, w), self._gemm(dout.T, x), db
 
     # ------------------------------------------------------------------ activations
     def _unary(self, kernel, x, what):
@@ -389,6 +415,9 @@ class CudaOps:
         channels = [x.shape[1] for x in xs]
         total = sum(channels)
         out = self._empty((n, total, h, w))
+        if len(xs) == 2:                                   # the model's concatenations: one launch
+            self._run("concat_channels2", out.size, xs[0], xs[1], out, n, channels[0], channels[1], h * w)
+            return out, channels
         offset = 0
         for x, c in zip(xs, channels):
             self._run("copy_channels", x.size, x, out, n, c, h * w, c, 0, total, offset)
@@ -436,14 +465,12 @@ class CudaOps:
         _check_rank(pred, 4, "gdl_loss")
         pred, target = self._f32(pred, "gdl_loss pred"), self._f32(target, "gdl_loss target")
         n, c, h, w = pred.shape
-        term_v, term_h = self._empty((n, c, h - 1, w)), self._empty((n, c, h, w - 1))
-        self._run("gdl_loss_terms", pred.size, pred, target, term_v, term_h, n, c, h, w, int(alpha))
-        means = [term.mean() for term in (term_v, term_h) if term.size]   # a side of 1 has no pairs
-        # one addition kernel (not 0.0 + first + second: two); no pairs at all -> 0.0, as numpy_ops
-        loss = means[0] + means[1] if len(means) == 2 else means[0] if means else 0.0
+        # the vertical pairs' terms, then the horizontal ones', each divided by its count (a side
+        # of 1 has no pairs), and the gradient: one launch; the loss, the two means' sum, one sum
+        term = self._empty((n * c * (h - 1) * w + n * c * h * (w - 1),))
         dpred = self._empty(pred.shape)
-        self._run("gdl_loss_grad", pred.size, pred, target, dpred, n, c, h, w, int(alpha))
-        return loss, dpred
+        self._run("gdl_loss_terms", pred.size, pred, target, term, dpred, n, c, h, w, int(alpha))
+        return term.sum(), dpred
 
     def bce_logits_loss(self, logits, target):
         """Binary cross-entropy of sigmoid(logits), mean over the batch -> (loss, dlogits).
@@ -482,6 +509,57 @@ class CudaOps:
             raise TypeError("gpu backend, sgd_update w: updated in place, must be C-contiguous float32")
         g = self._f32(g, "sgd_update g")
         self._run("sgd_update", w.size, w, g, float(lr), w.size)
+
+    # ------------------------------------------------------------------ the optimiser on many tensors
+    def _address(self, a):
+        """The device address of a's first element (CuPy: a.data.ptr; NumPy, in the tests: its memory)."""
+        return a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data
+
+    def _tensor_table(self, what, columns):
+        """The table of sgd_update_many / adam_update_many (kernels/elementwise.cu): the element
+        offsets of the tensors of columns[0] laid end to end, then each column's device addresses,
+        as one int64 device array (one host-to-device copy). -> (table, tensors, elements)."""
+        for a, i in ((a, i) for column in columns for i, a in enumerate(column)):
+            if a.shape != columns[0][i].shape:
+                raise ValueError(f"{what}: shapes differ in tensor {i}: {columns[0][i].shape} and {a.shape}")
+        offsets = np.cumsum([0] + [int(w.size) for w in columns[0]])
+        host = np.concatenate([offsets] + [[self._address(a) for a in column] for column in columns])
+        return self.xp.asarray(host.astype(np.int64)), len(columns[0]), int(offsets[-1])
+
+    def _in_place(self, arrays, what):
+        for a in arrays:
+            if not isinstance(a, self.xp.ndarray) or not a.flags.c_contiguous or a.dtype != np.float32:
+                raise TypeError(f"gpu backend, {what}: updated in place, must be C-contiguous float32 "
+                                f"{self.xp.__name__} arrays")
+        return list(arrays)
+
+    def sgd_update_many(self, ws, gs, lr):
+        """sgd_update on every pair of ws and gs (a network's parameters and gradients), all in one
+        launch instead of one per tensor: the kernel finds each element's tensor in a table of
+        addresses (numpy_ops.sgd_update_many loops over the pairs)."""
+        ws = self._in_place(ws, "sgd_update_many w")
+        gs = [self._f32(g, f"sgd_update_many g {i}") for i, g in enumerate(gs)]
+        if len(ws) != len(gs):
+            raise ValueError(f"sgd_update_many: {len(ws)} tensors but {len(gs)} gradients")
+        if not ws:
+            return
+        table, count, total = self._tensor_table("sgd_update_many", [ws, gs])
+        self._run("sgd_update_many", total, table, count, float(lr))
+
+    def adam_update_many(self, ws, gs, ms, vs, lr, beta1, beta2, eps, t):
+        """adam_update on every (w, g, m, v) of the lists, all in one launch (see sgd_update_many)."""
+        ws, ms, vs = (self._in_place(a, f"adam_update_many {what}") for a, what in ((ws, "w"), (ms, "m"), (vs, "v")))
+        gs = [self._f32(g, f"adam_update_many g {i}") for i, g in enumerate(gs)]
+        if not len(ws) == len(gs) == len(ms) == len(vs):
+            raise ValueError(f"adam_update_many: {len(ws)} tensors, {len(gs)} gradients, {len(ms)} and "
+                             f"{len(vs)} moments")
+        if t < 1:
+            raise ValueError(f"adam_update_many: the step number t counts from 1, got {t}")
+        if not ws:
+            return
+        table, count, total = self._tensor_table("adam_update_many", [ws, gs, ms, vs])
+        self._run("adam_update_many", total, table, count, float(lr), float(beta1), float(beta2), float(eps),
+                  1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t))
 
     # ------------------------------------------------------------------ backend plumbing
     def asarray(self, a, dtype=None):

@@ -91,3 +91,62 @@ extern "C" __global__ void sgd_update(float* __restrict__ w, const float* __rest
          e += (long long)blockDim.x * gridDim.x)
         w[e] -= lr_f * g[e];
 }
+
+// ---- the optimiser on many tensors in one launch (framepred.sgd_update / adam_update: a network's
+// parameters). `table` (int64) holds, for `count` tensors laid end to end in the index space:
+//   offsets[0..count]   element offsets, offsets[0] = 0, offsets[count] = the total;
+//   then one column of `count` device addresses per array (w, g, and for Adam m, v).
+// One thread per element of all the tensors together: element e is element e - offsets[i] of
+// tensor i, offsets[i] <= e < offsets[i + 1], found by bisection. Each element is updated by the
+// formula of the one-tensor kernel above, so the results are those of one launch per tensor.
+
+__device__ __forceinline__ long long tensor_of(const long long* offsets, long long count, long long e)
+{
+    long long lo = 0, hi = count;                 // offsets[lo] <= e < offsets[hi]
+    while (hi - lo > 1) {
+        const long long mid = lo + (hi - lo) / 2;
+        if (e < offsets[mid]) hi = mid; else lo = mid;
+    }
+    return lo;
+}
+
+extern "C" __global__ void sgd_update_many(const long long* __restrict__ table, long long count, double lr)
+{
+    const long long* offsets = table;
+    const long long* w_at = table + count + 1;
+    const long long* g_at = w_at + count;
+    const float lr_f = (float)lr;
+    const long long total = offsets[count];
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long i = tensor_of(offsets, count, e), j = e - offsets[i];
+        float* w = (float*)w_at[i];
+        const float* g = (const float*)g_at[i];
+        w[j] -= lr_f * g[j];
+    }
+}
+
+extern "C" __global__ void adam_update_many(const long long* __restrict__ table, long long count, double lr,
+                                            double beta1, double beta2, double eps, double c1, double c2)
+{
+    const long long* offsets = table;
+    const long long* w_at = table + count + 1;
+    const long long* g_at = w_at + count;
+    const long long* m_at = g_at + count;
+    const long long* v_at = m_at + count;
+    const long long total = offsets[count];
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long i = tensor_of(offsets, count, e), j = e - offsets[i];
+        float* w = (float*)w_at[i];
+        const float* g = (const float*)g_at[i];
+        float* m = (float*)m_at[i];
+        float* v = (float*)v_at[i];
+        const float ge = g[j];
+        const float me = (float)beta1 * m[j] + (float)(1.0 - beta1) * ge;
+        const float ve = (float)beta2 * v[j] + (float)(1.0 - beta2) * ge * ge;
+        m[j] = me;
+        v[j] = ve;
+        w[j] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
+    }
+}

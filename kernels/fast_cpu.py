@@ -29,10 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kernels.numpy_ops import (  # noqa: F401  (the ops this backend takes as they are)
-    _check_pair, _check_rank, adam_update, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
+    _check_pair, _check_rank, adam_update, adam_update_many, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
     check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, flatten_backward,
     flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
-    relu_forward, sgd_update, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
+    relu_forward, sgd_update, sgd_update_many, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
     upsample_backward, upsample_forward)
 
 xp = np
@@ -186,11 +186,12 @@ def use_taps(c_in, c_out, padded_pixels, out_pixels):
     return 4 * c_out * padded_pixels <= c_in * out_pixels or (narrower and c_in <= TAPS_MAX_C_IN)
 
 
-def conv2d_forward(x, w, b, mode):
+def conv2d_forward(x, w, b, mode, relu=False):
     """numpy_ops.conv2d_forward, one GEMM on the channel-major unfolding, or the taps path.
 
     x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,)
-    mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's).
+    mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's); relu: the ReLU
+    that follows, applied here (numpy_ops.relu_forward keeps the channel-major layout).
     out: (N, C_out, Ho, Wo), Ho = H for 'same', H - k + 1 for 'valid': a view of a channel-major
     (C_out, N, Ho, Wo) array, which is what the GEMM gives and what the next layer reads fastest.
     """
@@ -212,7 +213,10 @@ def conv2d_forward(x, w, b, mode):
         out += b[:, None]
         out = out.reshape(c_out, n, ho, wo)
     # The backward unfolds x or dout again: memory for one layer's columns, not every layer's.
-    return out.transpose(1, 0, 2, 3), (x, w, pad)
+    out, relu_cache = out.transpose(1, 0, 2, 3), None
+    if relu:
+        out, relu_cache = relu_forward(out)
+    return out, (x, w, pad, relu_cache)
 
 
 def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
@@ -228,8 +232,11 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
     its in and out channels swapped, and dw = U x^T, flipped back; no unfolding of x, no col2im.
     'valid' (D): dw from the unfolded x as in the forward; dx from the columns' gradient W^T dout,
     added back onto the pixels (_fold): the full convolution would cost (H / Ho)^2 more.
+    A forward with relu=True: dout is first taken back through the ReLU.
     """
-    x, w, pad = cache
+    x, w, pad, relu_cache = cache
+    if relu_cache is not None:
+        dout = relu_backward(dout, relu_cache)
     n, c_in, h, wd = x.shape
     c_out, _, k, _ = w.shape
     check_dx_from(dx_from, c_in)
@@ -259,19 +266,24 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
 
 
 # --------------------------------------------------------------------------- fully connected
-def fc_forward(x, w, b):
-    """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out: (N, D_out) = x w^T + b."""
+def fc_forward(x, w, b, relu=False):
+    """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out: (N, D_out) = x w^T + b [then the ReLU]."""
     _check_rank(x, 2, "fc")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
-    return _gemm(x, w.T) + b, (x, w)
+    out, relu_cache = _gemm(x, w.T) + b, None
+    if relu:
+        out, relu_cache = relu_forward(out)
+    return out, (x, w, relu_cache)
 
 
 def fc_backward(dout, cache, need_dw=True):
     """dout: (N, D_out) -> dx (N, D_in), dw (D_out, D_in) or None, db (D_out,) or None.
 
     need_dw=False skips the parameter gradients (D held fixed in G's step)."""
-    x, w = cache
+    x, w, relu_cache = cache
+    if relu_cache is not None:
+        dout = relu_backward(dout, relu_cache)
     if not need_dw:
         return _gemm(dout, w), None, None
     return _gemm(dout, w), _gemm(dout.T, x), dout.sum(axis=0)

@@ -5,29 +5,67 @@
 //
 // All kernels: float32 data, sizes as long long, one thread per OUTPUT element, grid-stride loops.
 
-// rows -> nchw, adding the bias of each channel: one thread per element of out (N*C*HW).
+// rows -> nchw, adding the bias of each channel, then, if relu != 0, the ReLU that follows the layer
+// (relu_forward's x * (x > 0)): one thread per element of out (N*C*HW).
 // Conv forward: out = cols @ W^T lands in rows layout. FC forward (hw = 1): out = x @ W^T + b.
 extern "C" __global__ void rows_to_nchw_bias(const float* __restrict__ rows, const float* __restrict__ bias,
-                                             float* __restrict__ out, long long n, long long c, long long hw)
+                                             float* __restrict__ out, long long n, long long c, long long hw,
+                                             long long relu)
 {
     const long long total = n * c * hw;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
         const long long p = e % hw, ch = (e / hw) % c, b = e / (hw * c);
-        out[e] = rows[(b * hw + p) * c + ch] + bias[ch];
+        const float v = rows[(b * hw + p) * c + ch] + bias[ch];
+        out[e] = relu ? v * (float)(v > 0.0f) : v;
     }
 }
 
+// dout taken back through the ReLU of the forward whose output was `out` (relu_backward's
+// dout * (out > 0)), or dout itself when relu == 0 (out is then not read).
+__device__ __forceinline__ float through_relu(const float* x, const float* out, long long i, long long relu)
+{
+    return relu ? x[i] * (float)(out[i] > 0.0f) : x[i];
+}
+
 // nchw -> rows: one thread per element of rows (N*HW*C). Conv backward turns dout into the GEMM
-// layout with it.
-extern "C" __global__ void nchw_to_rows(const float* __restrict__ x, float* __restrict__ rows,
-                                        long long n, long long c, long long hw)
+// layout with it, first taking it back through the layer's ReLU if relu != 0 (see through_relu;
+// out: the forward's output, in x's layout). With hw = 1 the layouts coincide (fc backward).
+extern "C" __global__ void nchw_to_rows(const float* __restrict__ x, const float* __restrict__ out,
+                                        float* __restrict__ rows, long long n, long long c, long long hw,
+                                        long long relu)
 {
     const long long total = n * hw * c;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
         const long long ch = e % c, p = (e / c) % hw, b = e / (c * hw);
-        rows[e] = x[(b * c + ch) * hw + p];
+        rows[e] = through_relu(x, out, (b * c + ch) * hw + p, relu);
+    }
+}
+
+// nchw_to_rows and the bias gradient of a layer in one launch: db[ch] = the sum of x's channel
+// ch over the batch and the pixels (numpy_ops.conv2d_backward's column sums of D). One thread per
+// output element: threads 0 .. C-1 (first, so that their longer loops start early) each sum one
+// channel, in order (samples, then pixels; a double accumulator), the next N*HW*C threads transpose
+// as nchw_to_rows does.
+extern "C" __global__ void nchw_to_rows_bias_grad(const float* __restrict__ x, const float* __restrict__ out,
+                                                  float* __restrict__ rows, float* __restrict__ db,
+                                                  long long n, long long c, long long hw, long long relu)
+{
+    const long long total = c + n * hw * c;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        if (e < c) {
+            double sum = 0.0;
+            for (long long b = 0; b < n; ++b)
+                for (long long p = 0; p < hw; ++p)
+                    sum += through_relu(x, out, (b * c + e) * hw + p, relu);
+            db[e] = (float)sum;
+        } else {
+            const long long r = e - c;
+            const long long ch = r % c, p = (r / c) % hw, b = r / (c * hw);
+            rows[r] = through_relu(x, out, (b * c + ch) * hw + p, relu);
+        }
     }
 }
 
@@ -45,5 +83,20 @@ extern "C" __global__ void copy_channels(const float* __restrict__ src, float* _
          e += (long long)blockDim.x * gridDim.x) {
         const long long p = e % hw, ch = (e / hw) % count, b = e / (hw * count);
         dst[(b * c_dst + dst_off + ch) * hw + p] = src[(b * c_src + src_off + ch) * hw + p];
+    }
+}
+
+// Concatenation of two nchw images along the channels, in one launch (concat_forward of two inputs:
+// G's [X_k, u_k(Y_hat_(k-1))], D's [X_k, Y_k]): out (N, ca + cb, HW) takes channels 0..ca-1 from a
+// (N, ca, HW) and the next cb from b (N, cb, HW). One thread per element of out.
+extern "C" __global__ void concat_channels2(const float* __restrict__ a, const float* __restrict__ b,
+                                            float* __restrict__ out, long long n, long long ca, long long cb,
+                                            long long hw)
+{
+    const long long c = ca + cb, total = n * c * hw;
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long p = e % hw, ch = (e / hw) % c, s = e / (hw * c);
+        out[e] = ch < ca ? a[(s * ca + ch) * hw + p] : b[(s * cb + ch - ca) * hw + p];
     }
 }

@@ -1,5 +1,5 @@
 // Losses: each kernel writes the per-element terms of the mean and the gradient; the mean itself is
-// a CuPy reduction (term.mean()) in cupy_ops.py. One thread per element, grid-stride loops,
+// a CuPy reduction (term.mean(), or term.sum() of terms already divided) in cupy_ops.py. One thread per element, grid-stride loops,
 // float32 data, sizes and the integer exponents (p, alpha) as long long.
 //
 // |.| has its kink at 0, where the gradient is taken as 0 (sign(0) = 0), as in numpy_ops.
@@ -53,40 +53,30 @@ __device__ __forceinline__ float gdl_pair_dgp(float p0, float p1, float t0, floa
     return -dr * sign_of(gp);
 }
 
-// GDL terms: one thread per pixel (b, ch, i, j) of the (n, c, h, w) images. It writes the term of
-// the vertical pair ending at it (rows i-1, i) into term_v, shaped (n, c, h-1, w), when i > 0, and
-// of the horizontal pair ending at it (columns j-1, j) into term_h, shaped (n, c, h, w-1), when j > 0.
+// GDL, its terms and its gradient in one launch: one thread per pixel (b, ch, i, j) of the
+// (n, c, h, w) images. Terms: the vertical pair ending at the pixel (rows i-1, i), when i > 0, goes
+// to term[(bc (h-1) + i-1) w + j] divided by count_v, the number of vertical pairs; the horizontal
+// pair ending at it (columns j-1, j), when j > 0, to term[count_v + (bc h + i)(w-1) + j-1] divided
+// by count_h; so the loss, the two means' sum, is the sum of term (one reduction). Gradient: a
+// gather over the (up to) four pairs the pixel belongs to: + dgp of the pair where it is the later
+// pixel, - dgp where it is the earlier one; vertical pairs first, then horizontal (numpy_ops' order
+// of accumulation).
 extern "C" __global__ void gdl_loss_terms(const float* __restrict__ pred, const float* __restrict__ target,
-                                          float* __restrict__ term_v, float* __restrict__ term_h,
+                                          float* __restrict__ term, float* __restrict__ dpred,
                                           long long n, long long c, long long h, long long w,
                                           long long alpha)
-{
-    const long long total = n * c * h * w;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)blockDim.x * gridDim.x) {
-        const long long j = e % w, i = (e / w) % h, bc = e / (w * h);
-        if (i > 0)
-            term_v[(bc * (h - 1) + i - 1) * w + j] =
-                gdl_pair_term(pred[e - w], pred[e], target[e - w], target[e], alpha);
-        if (j > 0)
-            term_h[(bc * h + i) * (w - 1) + j - 1] =
-                gdl_pair_term(pred[e - 1], pred[e], target[e - 1], target[e], alpha);
-    }
-}
-
-// GDL gradient: one thread per pixel (b, ch, i, j), a gather over the (up to) four pairs the pixel
-// belongs to: + dgp of the pair where it is the later pixel, - dgp where it is the earlier one;
-// vertical pairs first, then horizontal (numpy_ops' order of accumulation).
-extern "C" __global__ void gdl_loss_grad(const float* __restrict__ pred, const float* __restrict__ target,
-                                         float* __restrict__ dpred,
-                                         long long n, long long c, long long h, long long w,
-                                         long long alpha)
 {
     const long long count_v = n * c * (h - 1) * w, count_h = n * c * h * (w - 1);
     const long long total = n * c * h * w;
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
-        const long long j = e % w, i = (e / w) % h;
+        const long long j = e % w, i = (e / w) % h, bc = e / (w * h);
+        if (i > 0)
+            term[(bc * (h - 1) + i - 1) * w + j] =
+                gdl_pair_term(pred[e - w], pred[e], target[e - w], target[e], alpha) / (float)count_v;
+        if (j > 0)
+            term[count_v + (bc * h + i) * (w - 1) + j - 1] =
+                gdl_pair_term(pred[e - 1], pred[e], target[e - 1], target[e], alpha) / (float)count_h;
         float g = 0.0f;
         if (i > 0)     g += gdl_pair_dgp(pred[e - w], pred[e], target[e - w], target[e], alpha, count_v);
         if (i < h - 1) g -= gdl_pair_dgp(pred[e], pred[e + w], target[e], target[e + w], alpha, count_v);

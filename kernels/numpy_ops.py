@@ -96,13 +96,15 @@ def col2im(cols, x_shape, k, pad):
     return np.ascontiguousarray(dxp[:, :, pad:pad + h, pad:pad + w])
 
 
-def conv2d_forward(x, w, b, mode):
+def conv2d_forward(x, w, b, mode, relu=False):
     """Stride-1 convolution (cross-correlation, as in Torch): im2col, then one GEMM.
 
     x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,).
     mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's).
+    relu=True: the ReLU that follows the layer, applied here (relu_forward), and its gradient
+    taken by conv2d_backward (the GPU backend does it in the launch that adds the bias).
     -> out: (N, C_out, Ho, Wo), Ho = H + 2 pad - k + 1 (= H for 'same', H - k + 1 for 'valid'),
-       cache: (x, w, pad).
+       cache: (x, w, pad, the ReLU's cache or None).
 
         cols = im2col(x)                    (N*Ho*Wo, C_in*k*k)
         out  = cols @ W^T + b               (N*Ho*Wo, C_out), W = w as (C_out, C_in*k*k)
@@ -113,7 +115,10 @@ def conv2d_forward(x, w, b, mode):
     ho, wo = conv_output_size(h, wd, k, mode)
     rows = im2col(x, k, pad) @ w.reshape(c_out, -1).T + b              # (N*Ho*Wo, C_out)
     out = np.ascontiguousarray(rows.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2))
-    return out, (x, w, pad)        # the backward unfolds x again: one layer's columns in memory at a time
+    relu_cache = None
+    if relu:
+        out, relu_cache = relu_forward(out)
+    return out, (x, w, pad, relu_cache)   # the backward unfolds x again: one layer's columns in memory at a time
 
 
 def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
@@ -127,9 +132,12 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
 
     Gradients nobody needs can be skipped: need_dx=False gives no dx (an input that is all data);
     dx_from > 0 gives dx for the input channels dx_from: only (the channels before them are data);
-    need_dw=False gives neither dw nor db (parameters held fixed).
+    need_dw=False gives neither dw nor db (parameters held fixed). A forward with relu=True:
+    dout is first taken back through the ReLU.
     """
-    x, w, pad = cache
+    x, w, pad, relu_cache = cache
+    if relu_cache is not None:
+        dout = relu_backward(dout, relu_cache)
     n, c_in, h, wd = x.shape
     c_out, _, k, _ = w.shape
     check_dx_from(dx_from, c_in)
@@ -145,19 +153,26 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
 
 
 # --------------------------------------------------------------------------- fully connected
-def fc_forward(x, w, b):
-    """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out: (N, D_out) = x w^T + b."""
+def fc_forward(x, w, b, relu=False):
+    """x: (N, D_in); w: (D_out, D_in); b: (D_out,) -> out: (N, D_out) = x w^T + b,
+    cache: (x, w, the ReLU's cache or None). relu=True: the ReLU that follows, as conv2d_forward."""
     _check_rank(x, 2, "fc")
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"fc: x has {x.shape[1]} features but the weight expects {w.shape[1]}")
-    return x @ w.T + b, (x, w)
+    out, relu_cache = x @ w.T + b, None
+    if relu:
+        out, relu_cache = relu_forward(out)
+    return out, (x, w, relu_cache)
 
 
 def fc_backward(dout, cache, need_dw=True):
-    """dout: (N, D_out) -> dx (N, D_in) = dout w, dw (D_out, D_in) = dout^T x, db (D_out,).
+    """dout: (N, D_out) -> dx (N, D_in) = dout w, dw (D_out, D_in) = dout^T x, db (D_out,)
+    (dout first taken back through the ReLU of a forward with relu=True).
 
     need_dw=False skips the parameter gradients (dw and db None: parameters held fixed)."""
-    x, w = cache
+    x, w, relu_cache = cache
+    if relu_cache is not None:
+        dout = relu_backward(dout, relu_cache)
     if not need_dw:
         return dout @ w, None, None
     return dout @ w, dout.T @ x, dout.sum(axis=0)
@@ -359,6 +374,23 @@ def adam_update(w, g, m, v, lr, beta1, beta2, eps, t):
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
     w -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(w.dtype)
+
+
+def sgd_update_many(ws, gs, lr):
+    """sgd_update on every pair of the lists ws and gs (a network's parameters and gradients).
+    The GPU backend updates them all in one kernel launch; here, one tensor after the other."""
+    if len(ws) != len(gs):
+        raise ValueError(f"sgd_update_many: {len(ws)} tensors but {len(gs)} gradients")
+    for w, g in zip(ws, gs):
+        sgd_update(w, g, lr)
+
+
+def adam_update_many(ws, gs, ms, vs, lr, beta1, beta2, eps, t):
+    """adam_update on every (w, g, m, v) of the lists ws, gs, ms, vs, all at step t (see sgd_update_many)."""
+    if not len(ws) == len(gs) == len(ms) == len(vs):
+        raise ValueError(f"adam_update_many: {len(ws)} tensors, {len(gs)} gradients, {len(ms)} and {len(vs)} moments")
+    for w, g, m, v in zip(ws, gs, ms, vs):
+        adam_update(w, g, m, v, lr, beta1, beta2, eps, t)
 
 
 # --------------------------------------------------------------------------- backend plumbing

@@ -98,6 +98,11 @@ def test_cuda_im2col_col2im(make_ops, data):
     c.check(c.ops.im2col(c.dev(x), k, pad), cols_ref, "im2col", **EXACT)
     cols = c.values(cols_ref.shape)
     c.check(c.ops.col2im(c.dev(cols), shape, k, pad), ref.col2im(cols, shape, k, pad), "col2im", **EXACT)
+    # c_from: cols of c_from more channels before those of dx, which is the adjoint for the rest alone
+    c_from = data.draw(st.integers(1, 3), label="c_from")
+    wide = c.values((cols.shape[0], (c_from + shape[1]) * k * k))
+    c.check(c.ops.col2im(c.dev(wide), shape, k, pad, c_from=c_from),
+            ref.col2im(np.ascontiguousarray(wide[:, c_from * k * k:]), shape, k, pad), "col2im c_from", **EXACT)
 
 
 @pytest.mark.parametrize("mode", ["same", "valid"])
@@ -109,16 +114,19 @@ def test_cuda_conv2d(make_ops, mode, data):
     n, c_in, c_out = data.draw(batch), data.draw(channels), data.draw(channels)
     h, w = data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11))
     x, wt, b = c.values((n, c_in, h, w)), c.values((c_out, c_in, k, k), 1 / k), c.values(c_out)
-    out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
-    out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode)
+    relu = data.draw(st.booleans(), label="relu")
+    out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode, relu=relu)
+    out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode, relu=relu)
     c.check(out, out_ref, "conv2d out", **SUMS)
     dout = c.values(out_ref.shape)
     need_dx = data.draw(st.booleans(), label="need_dx")
-    grads = c.ops.conv2d_backward(c.dev(dout), cache, need_dx=need_dx)
-    grads_ref = ref.conv2d_backward(dout, cache_ref, need_dx=need_dx)
+    need_dw = data.draw(st.booleans(), label="need_dw") or not need_dx
+    dx_from = data.draw(st.integers(0, c_in - 1), label="dx_from") if need_dx else 0
+    grads = c.ops.conv2d_backward(c.dev(dout), cache, need_dx=need_dx, need_dw=need_dw, dx_from=dx_from)
+    grads_ref = ref.conv2d_backward(dout, cache_ref, need_dx=need_dx, need_dw=need_dw, dx_from=dx_from)
     for name, g, g_ref in zip(["dx", "dw", "db"], grads, grads_ref):
         if g_ref is None:
-            assert g is None, "need_dx=False must give dx None"
+            assert g is None, f"conv2d {name} must be None (need_dx={need_dx}, need_dw={need_dw})"
         else:
             c.check(g, g_ref, f"conv2d {name}", **SUMS)
 
@@ -128,13 +136,17 @@ def test_cuda_conv2d(make_ops, mode, data):
 def test_cuda_fc(make_ops, data, n, d_in, d_out):
     c = Case(make_ops, data)
     x, w, b = c.values((n, d_in)), c.values((d_out, d_in), d_in ** -0.5), c.values(d_out)
-    out_ref, cache_ref = ref.fc_forward(x, w, b)
-    out, cache = c.ops.fc_forward(c.dev(x), c.dev(w), c.dev(b))
+    relu, need_dw = data.draw(st.booleans(), label="relu"), data.draw(st.booleans(), label="need_dw")
+    out_ref, cache_ref = ref.fc_forward(x, w, b, relu=relu)
+    out, cache = c.ops.fc_forward(c.dev(x), c.dev(w), c.dev(b), relu=relu)
     c.check(out, out_ref, "fc out", **SUMS)
     dout = c.values(out_ref.shape)
-    for name, g, g_ref in zip(["dx", "dw", "db"], c.ops.fc_backward(c.dev(dout), cache),
-                              ref.fc_backward(dout, cache_ref)):
-        c.check(g, g_ref, f"fc {name}", **SUMS)
+    for name, g, g_ref in zip(["dx", "dw", "db"], c.ops.fc_backward(c.dev(dout), cache, need_dw=need_dw),
+                              ref.fc_backward(dout, cache_ref, need_dw=need_dw)):
+        if g_ref is None:
+            assert g is None, f"fc {name} must be None without need_dw"
+        else:
+            c.check(g, g_ref, f"fc {name}", **SUMS)
 
 
 # --------------------------------------------------------------------------- activations
@@ -205,6 +217,16 @@ def test_cuda_concat(make_ops, data, n, cs, h, w):
     assert len(dxs) == len(dxs_ref)
     for i, (g, g_ref) in enumerate(zip(dxs, dxs_ref)):
         c.check(g, g_ref, f"concat dx{i}", **EXACT)
+
+
+@given(data=st.data(), n=batch, ca=channels, cb=channels, h=side, w=side)
+def test_cuda_concat_of_two_is_one_launch(make_ops, data, n, ca, cb, h, w):
+    """Two inputs (every concatenation of the model): concat_channels2, exactly numpy's concatenate."""
+    c = Case(make_ops, data)
+    xs = [c.values((n, ca, h, w)), c.values((n, cb, h, w))]
+    out, cache = c.ops.concat_forward([c.dev(x) for x in xs])
+    c.check(out, ref.concat_forward(xs)[0], "concat of two", **EXACT)
+    assert cache == [ca, cb]
 
 
 @given(data=st.data(), shape=st.tuples(batch, channels, side, side))
@@ -294,6 +316,78 @@ def test_cuda_sgd_update(make_ops, data, shape, lr):
     c.check(dw, w, "sgd w", **ELEMENTWISE)
 
 
+def tensors_in_one_buffer(c, shapes, fill):
+    """Arrays of the given shapes as views into one device buffer, 7 sentinel elements before, between
+    and after them: a write past a tensor's end lands on a sentinel (the many-tensor kernels reach
+    the tensors through their addresses, where the emulator's guard zones do not see them).
+    -> (the views, the buffer, a mask of the sentinels)."""
+    gap = 7
+    sizes = [int(np.prod(s)) for s in shapes]
+    buf = c.dev(np.full(gap + sum(sizes) + gap * len(sizes), np.float32(fill)))
+    sentinel, views, at = np.ones(buf.size, bool), [], gap
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[at:at + size].reshape(shape))
+        sentinel[at:at + size] = False
+        at += size + gap
+    return views, buf, sentinel
+
+
+@given(data=st.data(), shapes=st.lists(st.tuples(channels, side, side), min_size=1, max_size=5),
+       lr=st.sampled_from([0.04, 0.005, 1e-3]))
+def test_cuda_sgd_update_many(make_ops, data, shapes, lr):
+    """sgd_update_many (one launch for all the tensors) against numpy_ops' loop of sgd_update: each
+    element has the one-tensor kernel's formula, so ELEMENTWISE; nothing outside the tensors changes."""
+    c = Case(make_ops, data)
+    ws, gs = [c.values(s) for s in shapes], [c.values(s) for s in shapes]
+    views, buf, sentinel = tensors_in_one_buffer(c, shapes, 1234.5)
+    for view, w in zip(views, ws):
+        view[...] = c.dev(w)
+    c.ops.sgd_update_many(views, [c.dev(g) for g in gs], lr)
+    ref.sgd_update_many(ws, gs, lr)
+    for i, (view, w) in enumerate(zip(views, ws)):
+        c.check(view, w, f"sgd_update_many w{i}", **ELEMENTWISE)
+    assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
+
+
+@given(data=st.data(), shapes=st.lists(st.tuples(channels, side, side), min_size=1, max_size=5),
+       steps=st.integers(1, 3))
+def test_cuda_adam_update_many(make_ops, data, shapes, steps):
+    """adam_update_many against numpy_ops' loop of adam_update, a few steps (tolerances of
+    test_cuda_adam_update); the tensors, moments included, are views into one buffer with sentinels."""
+    c = Case(make_ops, data)
+    lr = 1e-3
+    ws = [c.values(s) for s in shapes]
+    ms, vs = [np.zeros(s, np.float32) for s in shapes], [np.zeros(s, np.float32) for s in shapes]
+    views, buf, sentinel = tensors_in_one_buffer(c, shapes * 3, 1234.5)
+    dw, dm, dv = views[:len(shapes)], views[len(shapes):2 * len(shapes)], views[2 * len(shapes):]
+    for view, a in zip(views, ws + ms + vs):
+        view[...] = c.dev(a)
+    for t in range(1, steps + 1):
+        gs = [c.values(s) for s in shapes]
+        ref.adam_update_many(ws, gs, ms, vs, lr, 0.9, 0.999, 1e-8, t)
+        c.ops.adam_update_many(dw, [c.dev(g) for g in gs], dm, dv, lr, 0.9, 0.999, 1e-8, t)
+    for i in range(len(shapes)):
+        c.check(dm[i], ms[i], f"adam_update_many m{i}", **ELEMENTWISE)
+        c.check(dv[i], vs[i], f"adam_update_many v{i}", **ELEMENTWISE)
+        c.check(dw[i], ws[i], f"adam_update_many w{i}", atol=1e-5 * lr * steps, rtol=2e-7)
+    assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda ops, a: ops.sgd_update_many([a(3)], [a(3), a(3)], 0.1), ValueError, "1 tensors but 2 gradients"),
+    (lambda ops, a: ops.sgd_update_many([a(3), a(2)], [a(3), a(3)], 0.1), ValueError, "shapes differ in tensor 1"),
+    (lambda ops, a: ops.sgd_update_many([a(6)[::2]], [a(3)], 0.1), TypeError, "C-contiguous float32"),
+    (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [a(3)], 1e-3, 0.9, 0.999, 1e-8, 0),
+     ValueError, "counts from 1"),
+    (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [], 1e-3, 0.9, 0.999, 1e-8, 1),
+     ValueError, "1 tensors, 1 gradients, 1 and 0 moments"),
+])
+def test_cuda_update_many_refuses_bad_input(make_ops, call, error, message):
+    ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
+    with pytest.raises(error, match=message):
+        call(ops, lambda n: ops.asarray(np.zeros(n, np.float32)))
+
+
 def test_cuda_refuses_float64_with_a_clear_error(make_ops):
     ops = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
     x = ops.asarray(np.zeros((1, 2, 4, 4)))                 # float64
@@ -361,8 +455,11 @@ def every_op_once(ops, rng):
     for mode in ("same", "valid"):
         out, cache = ops.conv2d_forward(x, a(4, 3, 3, 3), a(4), mode)
         ops.conv2d_backward(a(*out.shape), cache)
+        ops.conv2d_backward(a(*out.shape), cache, need_dw=False, dx_from=1)
     out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5))
     ops.fc_backward(a(3, 5), cache)
+    out, cache = ops.fc_forward(a(3, 40), a(5, 40), a(5), relu=True)
+    ops.fc_backward(a(3, 5), cache, need_dw=False)
     for op in ("relu", "tanh", "sigmoid", "maxpool2"):
         out, cache = getattr(ops, op + "_forward")(x)
         getattr(ops, op + "_backward")(a(*out.shape), cache)
@@ -376,6 +473,8 @@ def every_op_once(ops, rng):
     ops.bce_logits_loss(a(5, 1), 1.0)
     ops.adam_update(a(2, 3, 6, 6), a(2, 3, 6, 6), a(2, 3, 6, 6), ops.xp.abs(a(2, 3, 6, 6)), 1e-3, 0.9, 0.999, 1e-8, 1)
     ops.sgd_update(a(2, 3, 6, 6), a(2, 3, 6, 6), 0.04)
+    ops.sgd_update_many([a(2, 3), a(4)], [a(2, 3), a(4)], 0.04)
+    ops.adam_update_many([a(5)], [a(5)], [a(5)], [ops.xp.abs(a(5))], 1e-3, 0.9, 0.999, 1e-8, 1)
 
 
 def test_emul_every_kernel_is_launched_and_covered():

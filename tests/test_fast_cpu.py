@@ -79,13 +79,14 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
     c_in, c_out = data.draw(st.integers(1, 24), label="c_in"), data.draw(st.integers(1, 6), label="c_out")
     h, w = data.draw(st.integers(lo, 12), label="h"), data.draw(st.integers(lo, 12), label="w")
     threaded = data.draw(st.booleans(), label="threaded")
+    relu = data.draw(st.booleans(), label="relu")
     rng = np.random.default_rng(data.draw(seeds, label="seed"))
     x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
     wt = (rng.standard_normal((c_out, c_in, k, k)) / (k * np.sqrt(c_in))).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     with threads_for_everything(threaded):
-        out, cache = fast.conv2d_forward(x, wt, b, mode)
-        out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
+        out, cache = fast.conv2d_forward(x, wt, b, mode, relu=relu)
+        out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode, relu=relu)
         assert_close(out, out_ref, "conv2d out", dtype)
         dout = rng.standard_normal(out_ref.shape).astype(dtype)
         # the model's calls: everything; no dw (D held fixed); no dx (data input); dx of the channels after the data

@@ -119,6 +119,29 @@ def test_fc_grad(n, d_in, d_out, seed):
                     {"x": dx, "w": dw, "b": db}, dout, eps=1e-3, tol=TOL_LINEAR, rng=rng)
 
 
+@pytest.mark.parametrize("layer", ["conv_same", "conv_valid", "fc"])
+@given(seed=seeds)
+def test_relu_keyword_is_the_layer_then_relu(layer, seed):
+    """conv2d_forward / fc_forward with relu=True give relu_forward of the layer's output, and their
+    backward takes dout through relu_backward first: exactly the two ops called one after the other.
+    On coarse-grid data, so that pre-activations are often exactly 0 (the kink's gradient 0)."""
+    rng = np.random.default_rng(seed)
+    grid = lambda *shape: rng.integers(-2, 3, shape) / 2
+    if layer == "fc":
+        args = (grid(3, 7), grid(4, 7), grid(4))
+        forward, backward = ops.fc_forward, ops.fc_backward
+    else:
+        args = (grid(2, 3, 6, 6), grid(4, 3, 3, 3), grid(4), layer[5:])
+        forward, backward = ops.conv2d_forward, ops.conv2d_backward
+    out, cache = forward(*args, relu=True)
+    plain, plain_cache = forward(*args)
+    want, relu_cache = ops.relu_forward(plain)
+    np.testing.assert_array_equal(out, want)
+    dout = rng.standard_normal(out.shape)
+    for g, g_want in zip(backward(dout, cache), backward(ops.relu_backward(dout, relu_cache), plain_cache)):
+        np.testing.assert_array_equal(g, g_want)
+
+
 def test_fc_bad_input():
     with pytest.raises(ValueError, match="5 features but the weight expects 4"):
         ops.fc_forward(np.zeros((2, 5)), np.zeros((3, 4)), np.zeros(3))

@@ -176,7 +176,9 @@ def test_checkpoint_differing_only_in_d_fc_is_refused(tmp_path):
 
 
 class KinkRecorder:
-    """A backend whose relu_forward also records the signs of its input, in call order."""
+    """A backend that records the signs of every ReLU's input, in call order: relu_forward's, and
+    those of the ReLUs applied by conv2d_forward and fc_forward (relu=True), which are the signs of
+    their outputs (the ReLU keeps exactly the positive values)."""
 
     def __init__(self, ops):
         self.ops, self.signs = ops, []
@@ -187,6 +189,17 @@ class KinkRecorder:
     def relu_forward(self, x):
         self.signs.append(self.ops.to_host(x) > 0)
         return self.ops.relu_forward(x)
+
+    def conv2d_forward(self, x, w, b, mode, relu=False):
+        return self._record(self.ops.conv2d_forward(x, w, b, mode, relu=relu), relu)
+
+    def fc_forward(self, x, w, b, relu=False):
+        return self._record(self.ops.fc_forward(x, w, b, relu=relu), relu)
+
+    def _record(self, result, relu):
+        if relu:
+            self.signs.append(self.ops.to_host(result[0]) > 0)
+        return result
 
 
 def test_cuda_training_gradients_match_numpy():
