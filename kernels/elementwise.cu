@@ -64,22 +64,28 @@ extern "C" __global__ void sigmoid_backward(const float* __restrict__ dout, cons
     }
 }
 
-// One Adam step (numpy_ops.adam_update), in place on w, m, v; one thread per element.
+// One Adam step on element e of w, m, v (numpy_ops.adam_update), shared by the two kernels below.
 // c1 = 1 / (1 - beta1^t), c2 = 1 / (1 - beta2^t): the bias corrections, computed on the host.
 // The arithmetic is in float like the NumPy reference on float32 arrays.
+__device__ __forceinline__ void adam_element(float* w, const float* g, float* m, float* v, long long e, double lr,
+                                             double beta1, double beta2, double eps, double c1, double c2)
+{
+    const float ge = g[e];
+    const float me = (float)beta1 * m[e] + (float)(1.0 - beta1) * ge;
+    const float ve = (float)beta2 * v[e] + (float)(1.0 - beta2) * ge * ge;
+    m[e] = me;
+    v[e] = ve;
+    w[e] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
+}
+
+// One Adam step, in place on w, m, v; one thread per element.
 extern "C" __global__ void adam_update(float* __restrict__ w, const float* __restrict__ g, float* __restrict__ m,
                                        float* __restrict__ v, double lr, double beta1, double beta2, double eps,
                                        double c1, double c2, long long n)
 {
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n;
-         e += (long long)blockDim.x * gridDim.x) {
-        const float ge = g[e];
-        const float me = (float)beta1 * m[e] + (float)(1.0 - beta1) * ge;
-        const float ve = (float)beta2 * v[e] + (float)(1.0 - beta2) * ge * ge;
-        m[e] = me;
-        v[e] = ve;
-        w[e] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
-    }
+         e += (long long)blockDim.x * gridDim.x)
+        adam_element(w, g, m, v, e, lr, beta1, beta2, eps, c1, c2);
 }
 
 // One plain SGD step (Algorithm 1: W <- W - lr dL/dW), in place on w; one thread per element.
@@ -137,16 +143,8 @@ extern "C" __global__ void adam_update_many(const long long* __restrict__ table,
     const long long total = offsets[count];
     for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
          e += (long long)blockDim.x * gridDim.x) {
-        const long long i = tensor_of(offsets, count, e), j = e - offsets[i];
-        float* w = (float*)w_at[i];
-        const float* g = (const float*)g_at[i];
-        float* m = (float*)m_at[i];
-        float* v = (float*)v_at[i];
-        const float ge = g[j];
-        const float me = (float)beta1 * m[j] + (float)(1.0 - beta1) * ge;
-        const float ve = (float)beta2 * v[j] + (float)(1.0 - beta2) * ge * ge;
-        m[j] = me;
-        v[j] = ve;
-        w[j] -= (float)lr * (me * (float)c1) / (sqrtf(ve * (float)c2) + (float)eps);
+        const long long i = tensor_of(offsets, count, e);
+        adam_element((float*)w_at[i], (const float*)g_at[i], (float*)m_at[i], (float*)v_at[i], e - offsets[i],
+                     lr, beta1, beta2, eps, c1, c2);
     }
 }
