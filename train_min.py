@@ -562,8 +562,8 @@ def run(args, given=frozenset()):
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
           + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")
 
-    def next_batch(size=batch):
-        X, Y = source.sample(size, m, n, config["patch"], rng)
+    def next_batch():              # --bench's minibatches (training draws them through BatchPrefetcher)
+        X, Y = source.sample(batch, m, n, config["patch"], rng)
         return ops.asarray(X), ops.asarray(Y)
 
     def step_batch_sizes(step):
