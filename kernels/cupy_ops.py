@@ -494,8 +494,7 @@ class CudaOps:
         if t < 1:
             raise ValueError(f"adam_update: the step number t counts from 1, got {t}")
         for a, what in ((w, "w"), (m, "m"), (v, "v")):
-            if not a.flags.c_contiguous or a.dtype != np.float32:
-                raise TypeError(f"gpu backend, adam_update {what}: updated in place, must be C-contiguous float32")
+            self._in_place([a], f"adam_update {what}")
         g = self._f32(g, "adam_update g")
         self._run("adam_update", w.size, w, g, m, v, float(lr), float(beta1), float(beta2), float(eps),
                   1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t), w.size)
@@ -505,8 +504,7 @@ class CudaOps:
         formula), one launch instead of CuPy's two (lr * g, then the subtraction)."""
         if w.shape != g.shape:
             raise ValueError(f"sgd_update: shapes differ: w {w.shape}, g {g.shape}")
-        if not w.flags.c_contiguous or w.dtype != np.float32:
-            raise TypeError("gpu backend, sgd_update w: updated in place, must be C-contiguous float32")
+        self._in_place([w], "sgd_update w")
         g = self._f32(g, "sgd_update g")
         self._run("sgd_update", w.size, w, g, float(lr), w.size)
 
@@ -527,6 +525,7 @@ class CudaOps:
         return self.xp.asarray(host.astype(np.int64)), len(columns[0]), int(offsets[-1])
 
     def _in_place(self, arrays, what):
+        """The arrays an update writes in place, checked: C-contiguous float32 arrays of this backend."""
         for a in arrays:
             if not isinstance(a, self.xp.ndarray) or not a.flags.c_contiguous or a.dtype != np.float32:
                 raise TypeError(f"gpu backend, {what}: updated in place, must be C-contiguous float32 "
