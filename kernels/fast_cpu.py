@@ -9,10 +9,12 @@ What is done here for speed, and where:
 - the convolutions work channel-major: a layer's output is a (C_out, N, Ho, Wo) array returned as
   an (N, C_out, Ho, Wo) view, which is what the GEMM W @ cols gives and what the next layer's
   unfolding reads fastest (_unfold, _rows); elementwise ops keep that layout (NumPy's 'K' order);
-- two forward algorithms, picked by a cost test (use_taps): the unfolded input times the weight
-  (_unfold), or for a thinner output than input (G's last layers, and the narrowing layers of the
-  small preset) each tap's weights times every padded pixel and the taps' shifted slices added
-  (_add_taps);
+- three forward algorithms, picked by a cost test (forward_algorithm): the unfolded input times
+  the weight (_unfold, the paper's wide layers); for a thinner output than input (G's last layers,
+  and the narrowing layers of the small preset) each tap's weights times every padded pixel and
+  the taps' shifted slices added (_add_taps); for the other thin layers, k GEMMs on an unfolding
+  along the image rows only (_conv_rows), k times smaller than im2col's, one per kernel row;
+- D's 'valid' backward for thin layers from that row unfolding too (_conv_rows_dw, _conv_rows_dx);
 - the 'same' backward from one unfolding of dout with the taps flipped: dx = W' U is the 'same'
   convolution of dout with the kernel flipped, dw = U x^T flipped back (no unfolding of x, no col2im);
 - one scratch buffer per dtype for the unfolded windows (_scratch), reused between calls: the
@@ -28,8 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from kernels import numpy_ops
 from kernels.numpy_ops import (  # noqa: F401  (the ops this backend takes as they are)
-    _check_pair, _check_rank, adam_update, adam_update_many, asarray, avgpool_backward, avgpool_forward, bce_logits_loss,
+    _check_pair, _check_rank, adam_update, adam_update_many, asarray, avgpool_backward, bce_logits_loss,
     check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, flatten_backward,
     flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
     relu_forward, sgd_update, sgd_update_many, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
@@ -163,27 +166,127 @@ def _add_taps(z, k, ho, wo):
     return out
 
 
+def _unfold_rows(x, k, pad):
+    """The padded x unfolded along its rows only (k copies of it, not im2col's k^2): x (N, C, H, W),
+    any strides -> (C*k, Hp*N*Wo), row c*k + j, column (y*N + n)*Wo + x0 holding x_padded[n, c, y, x0 + j]
+    for every padded row y. The input rows i .. i + Ho - 1 of every image, which kernel row i of a
+    convolution reads, are then one block of columns, [i N Wo, (i + Ho) N Wo) (see _conv_rows)."""
+    n, c, h, w = x.shape
+    hp, wp = h + 2 * pad, w + 2 * pad
+    wo = wp - k + 1
+    if pad:
+        xp_ = np.zeros((c, hp, n, wp), dtype=x.dtype)
+        xp_[:, pad:pad + h, :, pad:pad + w] = x.transpose(1, 2, 0, 3)
+    else:
+        xp_ = x.transpose(1, 2, 0, 3)                                # (C, H, N, W), a view
+    windows = np.lib.stride_tricks.sliding_window_view(xp_, k, axis=3).transpose(0, 4, 1, 2, 3)  # (C, k, Hp, N, Wo)
+    u = np.empty((c, k, hp, n, wo), dtype=x.dtype)
+    _on_all_cores(lambda part: np.copyto(u[part], windows[part]), c, u.size)
+    return u.reshape(c * k, hp * n * wo)
+
+
+def _conv_rows(x, w, pad):
+    """The convolution (stride 1, zero padding pad) as k GEMMs, one per kernel row i, each on one
+    block of _unfold_rows(x) and their products added: x (N, C, H, W), w (C_out, C, k, k) ->
+    (C_out, N, Ho, Wo), channel-major. For thin GEMMs (few output channels), which read their
+    columns once per output row of W: the columns are k times smaller than im2col's and stay in
+    cache, for k - 1 additions of the output."""
+    n, c, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
+    u = _unfold_rows(x, k, pad)
+    band = n * wo                                                    # columns per input row
+    w_rows = w.transpose(2, 0, 1, 3).reshape(k, c_out, c * k)        # [i]: kernel row i, columns c*k + j
+    out = np.empty((c_out, n, ho, wo), dtype=x.dtype)
+    out_rows = out.transpose(0, 2, 1, 3)                             # (C_out, Ho, N, Wo), the GEMMs' order
+    acc = _gemm(w_rows[0], u[:, :ho * band])
+    term = np.empty_like(acc)
+    for i in range(1, k):
+        _gemm(w_rows[i], u[:, i * band:(i + ho) * band], out=term)
+        if i < k - 1:
+            acc += term
+        else:
+            np.add(acc.reshape(c_out, ho, n, wo), term.reshape(c_out, ho, n, wo), out=out_rows)
+    if k == 1:
+        np.copyto(out_rows, acc.reshape(c_out, ho, n, wo))
+    return out
+
+
+def _rows_order(dout):
+    """dout (N, C_out, Ho, Wo), any strides -> (C_out, Ho*N*Wo), row-major over (y, n, x): the column
+    order of the row-unfolding GEMMs (_conv_rows)."""
+    c_out, ho = dout.shape[1], dout.shape[2]
+    return np.ascontiguousarray(dout.transpose(1, 2, 0, 3)).reshape(c_out, ho * dout.shape[0] * dout.shape[3])
+
+
+def _conv_rows_dw(x, d_hnw, k, pad):
+    """The weight gradient of _conv_rows: x (N, C, H, W), d_hnw = _rows_order(dout) -> dw (C_out, C, k, k).
+    Kernel row i's (C_out, C k) block is d_hnw times block i of _unfold_rows(x), transposed."""
+    n, c, h, wd = x.shape
+    c_out = d_hnw.shape[0]
+    u = _unfold_rows(x, k, pad)
+    band = n * (wd + 2 * pad - k + 1)
+    ho = d_hnw.shape[1] // band
+    dw_rows = np.stack([_gemm(d_hnw, u[:, i * band:(i + ho) * band].T) for i in range(k)])  # (k, C_out, C k)
+    return np.ascontiguousarray(dw_rows.reshape(k, c_out, c, k).transpose(1, 2, 0, 3))
+
+
+def _conv_rows_dx(d_hnw, w, x_shape, pad, c_from=0):
+    """The input gradient of _conv_rows for the input channels c_from: on, as the adjoint of its two
+    steps: each kernel row's columns gradient W_i^T dout added onto that row's block, then the row
+    unfolding folded back (k shifted additions along x). d_hnw = _rows_order(dout), w (C_out, C_in,
+    k, k), x_shape (N, C, H, W) with C = C_in - c_from -> dx (N, C, H, W)."""
+    n, c, h, wd = x_shape
+    c_out, _, k, _ = w.shape
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    wo = wp - k + 1
+    band = n * wo
+    ho = d_hnw.shape[1] // band
+    w_rows_t = w[:, c_from:].transpose(2, 1, 3, 0).reshape(k, c * k, c_out)   # [i]: W_i^T, rows c*k + j
+    du = np.zeros((c * k, hp * band), dtype=d_hnw.dtype)
+    term = np.empty((c * k, ho * band), dtype=d_hnw.dtype)
+    for i in range(k):
+        du[:, i * band:(i + ho) * band] += _gemm(w_rows_t[i], d_hnw, out=term)
+    du = du.reshape(c, k, hp, n, wo)
+    dxp = np.zeros((c, hp, n, wp), dtype=d_hnw.dtype)
+    for j in range(k):
+        dxp[:, :, :, j:j + wo] += du[:, j]
+    return dxp[:, pad:pad + h, :, pad:pad + wd].transpose(2, 0, 1, 3)
+
+
 def _rows(a):
     """(N, C, H, W) -> (C, N*H*W): free when a is channel-major (as conv2d's outputs are), else one copy."""
     return a.transpose(1, 0, 2, 3).reshape(a.shape[1], -1)
 
 
 # --------------------------------------------------------------------------- conv2d
-TAPS_MAX_C_IN = 64       # see use_taps
+TAPS_MAX_C_IN = 64       # see forward_algorithm
+ROWS_MAX_C_OUT = 64      # see forward_algorithm
+
+
+def forward_algorithm(c_in, c_out, padded_pixels, out_pixels):
+    """The forward's cost test: 'taps', 'rows' or 'unfold' (measured on 2 cores, layer by layer).
+
+    taps (_add_taps) saves the unfolding's copy (C_in k^2 values per output pixel) for k^2 shifted
+    additions (C_out k^2 values per padded pixel), and its GEMM runs over the padded pixels: for an
+    output much thinner than the input (C_out Hp Wp <= C_in Ho Wo / 4: G's last layers, 3n
+    channels), and for any narrowing layer (C_out Hp Wp <= C_in Ho Wo) of at most TAPS_MAX_C_IN
+    input channels (the small preset's 64 -> 32 -> 16), whose small GEMM is cheap beside the copy;
+    at the paper's widths (512 -> 256, 256 -> 128) the GEMM's extra border costs more than the
+    copy saves (528 against 366 ms).
+    rows (_conv_rows): for the other layers of at most ROWS_MAX_C_OUT output channels. Their thin
+    GEMM is bound by reading the unfolded columns, which the row unfolding makes k times smaller
+    (the small preset's widening layers: 10-60% faster than the unfolding).
+    unfold (_unfold, one GEMM): the paper's wide layers, bound by their arithmetic."""
+    narrower = c_out * padded_pixels <= c_in * out_pixels
+    if 4 * c_out * padded_pixels <= c_in * out_pixels or (narrower and c_in <= TAPS_MAX_C_IN):
+        return "taps"
+    return "rows" if c_out <= ROWS_MAX_C_OUT else "unfold"
 
 
 def use_taps(c_in, c_out, padded_pixels, out_pixels):
-    """The forward's cost test: True for the taps path, False for the unfolding.
-
-    The taps path saves the unfolding's copy (C_in k^2 values per output pixel) for k^2 shifted
-    additions (C_out k^2 values per padded pixel), and its GEMM runs over the padded pixels. So it
-    is worth it when the output is much thinner than the input (C_out Hp Wp <= C_in Ho Wo / 4: G's
-    last layers, 3n channels) and, measured on 2 cores, for any narrowing layer (C_out Hp Wp <=
-    C_in Ho Wo) of at most TAPS_MAX_C_IN input channels (the small preset's 64 -> 32 -> 16: 25-30%
-    faster there), whose small GEMM is cheap beside the copy; at the paper's widths (512 -> 256,
-    256 -> 128) the GEMM's extra border costs more than the copy saves (528 against 366 ms)."""
-    narrower = c_out * padded_pixels <= c_in * out_pixels
-    return 4 * c_out * padded_pixels <= c_in * out_pixels or (narrower and c_in <= TAPS_MAX_C_IN)
+    """Whether the forward multiplies over the padded pixels (bench.py counts that extra work)."""
+    return forward_algorithm(c_in, c_out, padded_pixels, out_pixels) == "taps"
 
 
 def conv2d_forward(x, w, b, mode, relu=False):
@@ -200,13 +303,17 @@ def conv2d_forward(x, w, b, mode, relu=False):
     c_out, _, k, _ = w.shape
     ho, wo = conv_output_size(h, wd, k, mode)
     c_in, hp, wp = x.shape[1], h + 2 * pad, wd + 2 * pad
-    if use_taps(c_in, c_out, hp * wp, ho * wo):
+    algorithm = forward_algorithm(c_in, c_out, hp * wp, ho * wo)
+    if algorithm == "taps":
         # Fewer output channels than input ones: the unfolded x would be C_in k k x N Ho Wo for a
         # GEMM of only C_out rows. Instead multiply each tap's weights into every padded pixel,
         # (C_out k k, C_in) @ (C_in, N Hp Wp), and add the taps' shifted slices.
         z = _gemm(w.transpose(0, 2, 3, 1).reshape(c_out * k * k, c_in), _padded(x, pad).reshape(c_in, -1),
                   out=_scratch((c_out * k * k, n * hp * wp), x.dtype))
         out = _add_taps(z.reshape(c_out, k, k, n, hp, wp), k, ho, wo)
+        out += b[:, None, None, None]
+    elif algorithm == "rows":
+        out = _conv_rows(x, w, pad)
         out += b[:, None, None, None]
     else:
         out = _gemm(w.reshape(c_out, -1), _unfold(x, k, pad))  # (C_out, N*Ho*Wo)
@@ -231,7 +338,9 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
     U = (C_out k k, N H W): dx = W' U is the 'same' convolution of dout with the kernel flipped and
     its in and out channels swapped, and dw = U x^T, flipped back; no unfolding of x, no col2im.
     'valid' (D): dw from the unfolded x as in the forward; dx from the columns' gradient W^T dout,
-    added back onto the pixels (_fold): the full convolution would cost (H / Ho)^2 more.
+    added back onto the pixels (_fold): the full convolution would cost (H / Ho)^2 more. For at
+    most ROWS_MAX_C_OUT output channels both from the row unfolding instead (_conv_rows_dw,
+    _conv_rows_dx): 25-45% faster on the small preset's D layers.
     A forward with relu=True: dout is first taken back through the ReLU.
     """
     x, w, pad, relu_cache = cache
@@ -256,6 +365,14 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
             w_t = w[:, dx_from:, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in - dx_from, -1)
             dx = _gemm(w_t, u).reshape(c_in - dx_from, n, h, wd).transpose(1, 0, 2, 3)
         return dx, dw, db
+    if c_out <= ROWS_MAX_C_OUT:
+        # thin layers (as in the forward): from the row unfolding of x, k times smaller than im2col's
+        d_hnw = _rows_order(dout)
+        if need_dw:
+            dw = _conv_rows_dw(x, d_hnw, k, pad)
+        if need_dx:
+            dx = _conv_rows_dx(d_hnw, w, (n, c_in - dx_from, h, wd), pad, dx_from)
+        return dx, dw, db
     if need_dw:
         dw = _gemm(d_rows, _unfold(x, k, pad).T).reshape(w.shape)  # (C_out, N Ho Wo) @ (N Ho Wo, C_in k k)
     if need_dx:
@@ -263,6 +380,27 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
         dcols = _gemm(w[:, dx_from:].reshape(c_out, -1).T, d_rows, out=_scratch((c_dx * k * k, d_rows.shape[1]), x.dtype))
         dx = _fold(dcols, (n, c_dx, h, wd), k, pad)
     return dx, dw, db
+
+
+# --------------------------------------------------------------------------- average pooling
+def avgpool_forward(x, f):
+    """numpy_ops.avgpool_forward (SPEC's d_k), as 2f slice additions instead of NumPy's mean over two
+    strided axes (5-10x faster here; a step downscales its minibatch up to 12 times).
+    x: (N, C, H, W), H and W divisible by f -> (N, C, H/f, W/f)."""
+    _check_rank(x, 4, "avgpool")
+    n, c, h, w = x.shape
+    if h % f or w % f:
+        return numpy_ops.avgpool_forward(x, f)                       # its error message
+    rows = x.reshape(n, c, h // f, f, w)
+    acc = rows[:, :, :, 0].copy()
+    for i in range(1, f):
+        acc += rows[:, :, :, i]                                      # the f image rows of each block
+    cols = acc.reshape(n, c, h // f, w // f, f)
+    out = cols[..., 0].copy()
+    for j in range(1, f):
+        out += cols[..., j]                                          # then its f columns
+    out *= 1.0 / (f * f)
+    return out, (x.shape, f)
 
 
 # --------------------------------------------------------------------------- fully connected

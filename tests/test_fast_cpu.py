@@ -10,7 +10,7 @@ in float64 and float32, against the reference, elementwise:
     float64: atol 1e-12, rtol 1e-10 (the same sums in another order)
     float32: atol 1e-4, rtol 1e-4 (sums of up to a few thousand float32 terms, as test_cuda_emul's SUMS)
 
-The shapes reach both forward algorithms (fast_cpu.use_taps), and `threaded` draws the copies
+The shapes reach every forward algorithm (fast_cpu.forward_algorithm), and `threaded` draws the copies
 split across the cores even for small arrays.
 """
 import inspect
@@ -41,6 +41,22 @@ def assert_close(got, want, what, dtype):
                              f"e.g. at {tuple(int(j) for j in i)}: fast {got[i]!r}, ref {want[i]!r}")
 
 
+class forced_algorithm:
+    """Within the block, fast_cpu's convolutions take the given forward algorithm, and D's 'valid'
+    backward the row unfolding with 'rows' (else the unfolding and fold)."""
+
+    def __init__(self, algorithm):
+        self.algorithm = algorithm
+
+    def __enter__(self):
+        self.saved = fast.forward_algorithm, fast.ROWS_MAX_C_OUT
+        fast.forward_algorithm = lambda *shape: self.algorithm
+        fast.ROWS_MAX_C_OUT = 10 ** 6 if self.algorithm == "rows" else 0      # D's backward follows
+
+    def __exit__(self, *exc):
+        fast.forward_algorithm, fast.ROWS_MAX_C_OUT = self.saved
+
+
 class threads_for_everything:
     """Within the block, fast_cpu hands every copy to the thread pool, however small."""
 
@@ -64,7 +80,7 @@ def test_fast_backend_has_every_reference_op_with_its_signature():
         assert hasattr(fast, name), f"fast_cpu lacks {name}"
         assert inspect.signature(getattr(fast, name)) == inspect.signature(getattr(ref, name)), name
     own = {name for name in public if getattr(fast, name) is not getattr(ref, name)}
-    assert own == {"conv2d_forward", "conv2d_backward", "fc_forward", "fc_backward"}, own
+    assert own == {"conv2d_forward", "conv2d_backward", "fc_forward", "fc_backward", "avgpool_forward"}, own
     assert fast.name == "cpu" and ref.name == "reference" and fast.xp is ref.xp is np
 
 
@@ -76,7 +92,9 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
     k = data.draw(st.sampled_from([1, 3, 5, 7]), label="k")
     lo = k if mode == "valid" else 1
     n = data.draw(st.integers(1, 3), label="n")
-    c_in, c_out = data.draw(st.integers(1, 24), label="c_in"), data.draw(st.integers(1, 6), label="c_out")
+    c_in, c_out = data.draw(st.integers(1, 24), label="c_in"), data.draw(st.integers(1, 12), label="c_out")
+    # every forward algorithm on every shape (the cost test picks one by the layer's size alone)
+    algorithm = data.draw(st.sampled_from(["taps", "rows", "unfold"]), label="algorithm")
     h, w = data.draw(st.integers(lo, 12), label="h"), data.draw(st.integers(lo, 12), label="w")
     threaded = data.draw(st.booleans(), label="threaded")
     relu = data.draw(st.booleans(), label="relu")
@@ -84,7 +102,7 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
     x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
     wt = (rng.standard_normal((c_out, c_in, k, k)) / (k * np.sqrt(c_in))).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
-    with threads_for_everything(threaded):
+    with threads_for_everything(threaded), forced_algorithm(algorithm):
         out, cache = fast.conv2d_forward(x, wt, b, mode, relu=relu)
         out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode, relu=relu)
         assert_close(out, out_ref, "conv2d out", dtype)
@@ -103,19 +121,21 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("mode, c_in, c_out, k, taps", [
-    ("same", 64, 3, 3, True), ("same", 40, 3, 7, True), ("valid", 48, 2, 5, True),   # thin outputs
-    ("same", 32, 16, 5, True), ("same", 64, 32, 3, True),                             # small, narrowing
-    ("same", 96, 48, 3, False), ("same", 8, 16, 3, False), ("valid", 8, 16, 3, False)])
-def test_fast_conv2d_both_algorithms(dtype, mode, c_in, c_out, k, taps):
-    """The cost test picks the taps path or the unfolding as stated; both give the reference's results."""
+@pytest.mark.parametrize("mode, c_in, c_out, k, algorithm", [
+    ("same", 64, 3, 3, "taps"), ("same", 40, 3, 7, "taps"), ("valid", 48, 2, 5, "taps"),   # thin outputs
+    ("same", 32, 16, 5, "taps"), ("same", 64, 32, 3, "taps"), ("valid", 64, 16, 5, "taps"),   # small, narrowing
+    ("same", 15, 16, 7, "rows"), ("same", 32, 64, 5, "rows"), ("valid", 16, 32, 7, "rows"),  # small, widening
+    ("same", 96, 128, 3, "unfold"), ("same", 8, 80, 3, "unfold"), ("valid", 8, 72, 3, "unfold")])    # wide
+def test_fast_conv2d_cost_test_and_each_algorithm(dtype, mode, c_in, c_out, k, algorithm):
+    """The cost test picks the algorithm stated; each gives the reference's results, forward and backward
+    (D's 'valid' backward: from the row unfolding up to 64 output channels, else the unfolding and fold)."""
     rng = np.random.default_rng(c_in + k)
     x = rng.standard_normal((2, c_in, 12, 10)).astype(dtype)
     wt = (rng.standard_normal((c_out, c_in, k, k)) / (k * np.sqrt(c_in))).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     pad = ref.conv_check(x.shape, wt.shape, mode)
     ho, wo = ref.conv_output_size(12, 10, k, mode)
-    assert fast.use_taps(c_in, c_out, (12 + 2 * pad) * (10 + 2 * pad), ho * wo) == taps
+    assert fast.forward_algorithm(c_in, c_out, (12 + 2 * pad) * (10 + 2 * pad), ho * wo) == algorithm
     out, cache = fast.conv2d_forward(x, wt, b, mode)
     out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
     assert_close(out, out_ref, "conv2d out", dtype)
@@ -131,6 +151,23 @@ def test_fast_conv2d_refuses_what_the_reference_refuses():
     _, cache = fast.conv2d_forward(x, np.zeros((4, 3, 3, 3)), np.zeros(4), "same")
     with pytest.raises(ValueError, match="dx_from must be in"):
         fast.conv2d_backward(np.zeros((1, 4, 8, 8)), cache, dx_from=3)
+
+
+# --------------------------------------------------------------------------- average pooling
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(n=st.integers(1, 3), c=st.integers(1, 4), f=st.sampled_from([1, 2, 4, 8]), blocks_h=st.integers(1, 4),
+       blocks_w=st.integers(1, 4), seed=seeds, channel_major=st.booleans())
+def test_fast_avgpool_matches_reference(dtype, n, c, f, blocks_h, blocks_w, seed, channel_major):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, f * blocks_h, f * blocks_w)).astype(dtype)
+    if channel_major:                       # as the convolutions' outputs are laid out
+        x = np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+    out, cache = fast.avgpool_forward(x, f)
+    out_ref, cache_ref = ref.avgpool_forward(x, f)
+    assert_close(out, out_ref, "avgpool out", dtype)
+    assert cache == cache_ref                # the reference's backward takes it
+    with pytest.raises(ValueError, match="must divide by"):
+        fast.avgpool_forward(np.zeros((1, 1, 3 * f + 1, f)), 2 * f)
 
 
 # --------------------------------------------------------------------------- fully connected
