@@ -353,10 +353,11 @@ def default_launcher():
     return _default_launcher
 
 
-def emulated_backend(block=cupy_ops.BLOCK, max_blocks=cupy_ops.MAX_BLOCKS, poison=True):
+def emulated_backend(block=cupy_ops.BLOCK, max_blocks=cupy_ops.MAX_BLOCKS, poison=True, index32=True):
     """cupy_ops.CudaOps on NumPy arrays with the emulated kernels: the GPU code path without a GPU.
 
     block, max_blocks: launch geometry (small values make every grid-stride loop iterate);
-    poison: new arrays start as NaN (see PoisonedNumpy)."""
+    poison: new arrays start as NaN (see PoisonedNumpy); index32: as CudaOps' (False: the long long
+    kernels only)."""
     return cupy_ops.CudaOps(xp=PoisonedNumpy() if poison else np, launch=default_launcher(),
-                            block=block, max_blocks=max_blocks)
+                            block=block, max_blocks=max_blocks, index32=index32)
