@@ -185,9 +185,10 @@ class CudaOps:
 
     def _index_args(self, items, arrays, sizes):
         """-> (kernel name suffix, sizes) for a launch of a kernel that has a 32-bit index twin:
-        ('_i32', the sizes as numpy.int32) when every index it forms fits an int (fits_index32:
-        no index exceeds the loop's `items`, the element count of one of its `arrays`, or one of
-        the `sizes`), else ('', the sizes as Python ints, which CuPy passes as long long)."""
+        ('_i32', the sizes as numpy.int32) when every index it forms fits an int, else ('', the
+        sizes as Python ints, which CuPy passes as long long). Every value those kernels compute is
+        a size, a partial product of their loop's total (`items`), or an offset into one of their
+        `arrays` (all their pointer arguments), so the largest of these bounds them all."""
         largest = max([int(items)] + [int(a.size) for a in arrays] + [abs(int(s)) for s in sizes])
         if self.index32 and fits_index32(largest, self._blocks(items) * self.block):
             return "_i32", tuple(np.int32(s) for s in sizes)

@@ -6,6 +6,8 @@ followed by one generated wrapper per kernel that runs a whole launch: a loop ov
 threads, one call of the kernel per thread. Threads run one after another, so there is no
 concurrency to emulate: kernels may not use __syncthreads or __shared__ (left undefined on
 purpose: using them fails to compile here), and their reductions are atomics or xp reductions.
+Only the `extern "C" __global__` entry points get wrappers; the `__device__` functions and templates
+they call (the bodies shared by a kernel and its 32-bit twin `name_i32`) compile as plain C++.
 
 `EmulatedLauncher` is a drop-in for cupy_ops.RawModuleLauncher: `launch(name, grid, block, args)`.
 On every launch it checks the arguments against the kernel's C signature the way CuPy converts
