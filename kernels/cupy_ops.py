@@ -13,6 +13,9 @@ its output instead of a mask, as do conv2d and fc with relu=True; maxpool2 an in
   a layer's bias and ReLU (relu=True) go into the launch that puts the GEMM's rows in NCHW, the
   ReLU's gradient and the bias gradient into the launch that puts dout in the GEMM layout, and
   sgd_update_many / adam_update_many update all of a network's tensors in one launch.
+- 32-bit index arithmetic where the sizes allow it: the kernels whose index arithmetic divides
+  (conv.cu, layout.cu, resample.cu, gdl_loss_terms) have a twin `name_i32` taking int sizes, and
+  `_index_args` launches it unless an index could reach 2^31 (then the long long kernel runs).
 - float32 only: the kernels take `const float*`. An op given another dtype raises a TypeError
   naming the op and the argument (no silent cast); `asarray(a, dtype)` is the place to convert.
 - A loss value is a 0-d device array (float32); `float(loss)` or `to_host(loss)` brings it to the host.
@@ -42,6 +45,10 @@ OPTIONS = ("-std=c++17",)
 
 BLOCK = 256             # threads per block of every launch
 MAX_BLOCKS = 65536      # grid cap; larger problems loop (grid-stride), so any size is covered
+
+# The `name_i32` kernels (conv.cu, layout.cu, resample.cu, gdl_loss_terms) index with int: every
+# value their index arithmetic forms must stay below this.
+INDEX32_LIMIT = 2**31
 
 _KERNEL_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(')
 
@@ -98,6 +105,14 @@ def probe(cupy=None):
     return ops
 
 
+def fits_index32(largest, threads):
+    """Whether a kernel's `name_i32` twin may run a launch: `largest` bounds every index the kernel
+    forms (its loop's total and the element count of each array it reads or writes), `threads` is
+    the launch's grid size. The grid-stride loop's last step overshoots the total by up to
+    `threads`, and that value is formed too, so both together must stay below 2^31."""
+    return largest + threads <= INDEX32_LIMIT
+
+
 def one_line(error, limit=300):
     """'Type: first line of the message' (NVRTC and cuBLAS errors span many lines), at most `limit` chars."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -138,29 +153,52 @@ class CudaOps:
 
     xp: the array module (default cupy); launch: callable(name, grid, block, args) running one
     kernel (default RawModuleLauncher); block, max_blocks: the launch geometry (tests shrink them to
-    make the grid-stride loops iterate).
+    make the grid-stride loops iterate); index32: launch the 32-bit index twins (`name_i32`) where
+    the sizes allow (see _index_args); False runs the long long kernels always (the tests compare
+    the two).
     """
 
     name = "gpu"
     batch_d_terms = True    # framepred.train_step: D's real and generated terms as one batch (fewer launches)
 
-    def __init__(self, xp=None, launch=None, block=BLOCK, max_blocks=MAX_BLOCKS):
+    def __init__(self, xp=None, launch=None, block=BLOCK, max_blocks=MAX_BLOCKS, index32=True):
         if xp is None:
             import cupy as xp
         self.xp = xp
         self.launch = launch if launch is not None else RawModuleLauncher(xp)
         self.block = int(block)
         self.max_blocks = int(max_blocks)
+        self.index32 = bool(index32)
         self._constants = {}           # value -> (1,) device array, see _constant
 
     # ------------------------------------------------------------------ helpers
+    def _blocks(self, items):
+        """Enough blocks to give each of `items` work items its thread, at most max_blocks (the
+        kernel's grid-stride loop does the rest)."""
+        return min(self.max_blocks, (items + self.block - 1) // self.block)
+
     def _run(self, kernel, items, *args):
-        """Launch `kernel` for `items` work items: enough blocks to give each item its thread, at most
-        max_blocks (the kernel's grid-stride loop does the rest). Nothing to do for 0 items."""
+        """Launch `kernel` for `items` work items (see _blocks). Nothing to do for 0 items."""
         if items <= 0:
             return
-        blocks = min(self.max_blocks, (items + self.block - 1) // self.block)
-        self.launch(kernel, (blocks,), (self.block,), args)
+        self.launch(kernel, (self._blocks(items),), (self.block,), args)
+
+    def _index_args(self, items, arrays, sizes):
+        """-> (kernel name suffix, sizes) for a launch of a kernel that has a 32-bit index twin:
+        ('_i32', the sizes as numpy.int32) when every index it forms fits an int, else ('', the
+        sizes as Python ints, which CuPy passes as long long). Every value those kernels compute is
+        a size, a partial product of their loop's total (`items`), or an offset into one of their
+        `arrays` (all their pointer arguments), so the largest of these bounds them all."""
+        largest = max([int(items)] + [int(a.size) for a in arrays] + [abs(int(s)) for s in sizes])
+        if self.index32 and fits_index32(largest, self._blocks(items) * self.block):
+            return "_i32", tuple(np.int32(s) for s in sizes)
+        return "", tuple(int(s) for s in sizes)
+
+    def _run_indexed(self, kernel, items, arrays, sizes):
+        """_run for a kernel with a 32-bit twin, whose arguments are `arrays`, then integer `sizes`:
+        the twin runs where _index_args allows."""
+        suffix, sizes = self._index_args(items, arrays, sizes)
+        self._run(kernel + suffix, items, *arrays, *sizes)
 
     def _f32(self, a, what):
         """A C-contiguous float32 xp array, or a TypeError that names the op and the argument."""
@@ -200,7 +238,7 @@ class CudaOps:
         n, c, h, w = x.shape
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
         cols = self._empty((n * ho * wo, c * k * k))
-        self._run("im2col", cols.size, x, cols, n, c, h, w, k, pad)
+        self._run_indexed("im2col", cols.size, (x, cols), (n, c, h, w, k, pad))
         return cols
 
     def col2im(self, cols, x_shape, k, pad, c_from=0):
@@ -212,13 +250,13 @@ class CudaOps:
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
         self._check_same_shape(cols, (n * ho * wo, (c_from + c) * k * k), "col2im")
         dx = self._empty((n, c, h, w))
-        self._run("col2im", dx.size, cols, dx, n, c, h, w, k, pad, int(c_from))
+        self._run_indexed("col2im", dx.size, (cols, dx), (n, c, h, w, k, pad, c_from))
         return dx
 
     def _rows_to_nchw_bias(self, rows, b, n, c, hw, relu):
         """The GEMM's rows (N*HW, C) -> (N, C, HW), plus the bias, then the ReLU if relu: one launch."""
         out = self._empty((n, c, hw))
-        self._run("rows_to_nchw_bias", out.size, rows, b, out, n, c, hw, int(bool(relu)))
+        self._run_indexed("rows_to_nchw_bias", out.size, (rows, b, out), (n, c, hw, int(bool(relu))))
         return out
 
     def _nchw_to_rows(self, dout, out, n, c, hw, need_db):
@@ -229,10 +267,10 @@ class CudaOps:
         relu = int(out is not None)
         out = dout if out is None else out                      # not read without a ReLU
         if not need_db:
-            self._run("nchw_to_rows", rows.size, dout, out, rows, n, c, hw, relu)
+            self._run_indexed("nchw_to_rows", rows.size, (dout, out, rows), (n, c, hw, relu))
             return rows, None
         db = self._empty((c,))
-        self._run("nchw_to_rows_bias_grad", c + rows.size, dout, out, rows, db, n, c, hw, relu)
+        self._run_indexed("nchw_to_rows_bias_grad", c + rows.size, (dout, out, rows, db), (n, c, hw, relu))
         return rows, db
 
     def conv2d_forward(self, x, w, b, mode, relu=False):
@@ -348,7 +386,7 @@ class CudaOps:
             raise ValueError(f"avgpool by {f}: the sides {h}x{w} must divide by {f}")
         x = self._f32(x, "avgpool x")
         out = self._empty((n, c, h // f, w // f))
-        self._run("avgpool_forward", out.size, x, out, n, c, h, w, f)
+        self._run_indexed("avgpool_forward", out.size, (x, out), (n, c, h, w, f))
         return out, (x.shape, f)
 
     def avgpool_backward(self, dout, cache):
@@ -356,7 +394,7 @@ class CudaOps:
         dout = self._f32(dout, "avgpool_backward dout")
         self._check_same_shape(dout, (n, c, h // f, w // f), "avgpool_backward")
         dx = self._empty((n, c, h, w))
-        self._run("avgpool_backward", dx.size, dout, dx, n, c, h, w, f)
+        self._run_indexed("avgpool_backward", dx.size, (dout, dx), (n, c, h, w, f))
         return dx
 
     def upsample_forward(self, x, f):
@@ -366,7 +404,7 @@ class CudaOps:
         x = self._f32(x, "upsample x")
         n, c, h, w = x.shape
         out = self._empty((n, c, h * f, w * f))
-        self._run("upsample_forward", out.size, x, out, n, c, h * f, w * f, f)
+        self._run_indexed("upsample_forward", out.size, (x, out), (n, c, h * f, w * f, f))
         return out, f
 
     def upsample_backward(self, dout, cache):
@@ -377,7 +415,7 @@ class CudaOps:
         if h % f or w % f:
             raise ValueError(f"upsample_backward by {f}: dout's sides {h}x{w} must divide by {f}")
         dx = self._empty((n, c, h // f, w // f))
-        self._run("upsample_backward", dx.size, dout, dx, n, c, h, w, f)
+        self._run_indexed("upsample_backward", dx.size, (dout, dx), (n, c, h, w, f))
         return dx
 
     def maxpool2_forward(self, x):
@@ -389,7 +427,7 @@ class CudaOps:
         x = self._f32(x, "maxpool2 x")
         out = self._empty((n, c, h // 2, w // 2))
         arg = self._empty(out.shape, np.int32)
-        self._run("maxpool2_forward", out.size, x, out, arg, n, c, h, w)
+        self._run_indexed("maxpool2_forward", out.size, (x, out, arg), (n, c, h, w))
         return out, (x.shape, arg)
 
     def maxpool2_backward(self, dout, cache):
@@ -397,7 +435,7 @@ class CudaOps:
         dout = self._f32(dout, "maxpool2_backward dout")
         self._check_same_shape(dout, arg.shape, "maxpool2_backward")
         dx = self._empty((n, c, h, w))
-        self._run("maxpool2_backward", dx.size, dout, arg, dx, n, c, h, w)
+        self._run_indexed("maxpool2_backward", dx.size, (dout, arg, dx), (n, c, h, w))
         return dx
 
     # ------------------------------------------------------------------ plumbing
@@ -416,11 +454,11 @@ class CudaOps:
         total = sum(channels)
         out = self._empty((n, total, h, w))
         if len(xs) == 2:                                   # the model's concatenations: one launch
-            self._run("concat_channels2", out.size, xs[0], xs[1], out, n, channels[0], channels[1], h * w)
+            self._run_indexed("concat_channels2", out.size, (xs[0], xs[1], out), (n, channels[0], channels[1], h * w))
             return out, channels
         offset = 0
         for x, c in zip(xs, channels):
-            self._run("copy_channels", x.size, x, out, n, c, h * w, c, 0, total, offset)
+            self._run_indexed("copy_channels", x.size, (x, out), (n, c, h * w, c, 0, total, offset))
             offset += c
         return out, channels
 
@@ -433,7 +471,7 @@ class CudaOps:
         dxs, offset = [], 0
         for c in cache:
             dx = self._empty((n, c, h, w))
-            self._run("copy_channels", dx.size, dout, dx, n, c, h * w, total, offset, c, 0)
+            self._run_indexed("copy_channels", dx.size, (dout, dx), (n, c, h * w, total, offset, c, 0))
             dxs.append(dx)
             offset += c
         return dxs
@@ -469,7 +507,7 @@ class CudaOps:
         # of 1 has no pairs), and the gradient: one launch; the loss, the two means' sum, one sum
         term = self._empty((n * c * (h - 1) * w + n * c * h * (w - 1),))
         dpred = self._empty(pred.shape)
-        self._run("gdl_loss_terms", pred.size, pred, target, term, dpred, n, c, h, w, int(alpha))
+        self._run_indexed("gdl_loss_terms", pred.size, (pred, target, term, dpred), (n, c, h, w, int(alpha)))
         return term.sum(), dpred
 
     def bce_logits_loss(self, logits, target):

@@ -1,6 +1,7 @@
 // Losses: each kernel writes the per-element terms of the mean and the gradient; the mean itself is
 // a CuPy reduction (term.mean(), or term.sum() of terms already divided) in cupy_ops.py. One thread per element, grid-stride loops,
-// float32 data, sizes and the integer exponents (p, alpha) as long long.
+// float32 data, sizes and the integer exponents (p, alpha) as long long. gdl_loss_terms, whose
+// index arithmetic divides, also has a 32-bit twin gdl_loss_terms_i32 (sizes as int; see conv.cu).
 //
 // |.| has its kink at 0, where the gradient is taken as 0 (sign(0) = 0), as in numpy_ops.
 
@@ -38,14 +39,15 @@ extern "C" __global__ void lp_loss_terms(const float* __restrict__ pred, const f
 // GDL over one neighbour pair (earlier pixel 0, later pixel 1 along an axis) whose mean runs over
 // `count` pairs: r = |t1 - t0| - |p1 - p0| and the derivative of |r|^alpha / count with respect to
 // gp = p1 - p0, i.e. dr * (-sign(gp)), dr = sign(r) / count (alpha 1) or 2 r / count (alpha 2).
-__device__ __forceinline__ float gdl_pair_term(float p0, float p1, float t0, float t1, long long alpha)
+template <typename I>
+__device__ __forceinline__ float gdl_pair_term(float p0, float p1, float t0, float t1, I alpha)
 {
     const float r = fabsf(t1 - t0) - fabsf(p1 - p0);
     return alpha == 1 ? fabsf(r) : r * r;
 }
 
-__device__ __forceinline__ float gdl_pair_dgp(float p0, float p1, float t0, float t1, long long alpha,
-                                              long long count)
+template <typename I>
+__device__ __forceinline__ float gdl_pair_dgp(float p0, float p1, float t0, float t1, I alpha, I count)
 {
     const float gp = p1 - p0;
     const float r = fabsf(t1 - t0) - fabsf(gp);
@@ -61,29 +63,43 @@ __device__ __forceinline__ float gdl_pair_dgp(float p0, float p1, float t0, floa
 // gather over the (up to) four pairs the pixel belongs to: + dgp of the pair where it is the later
 // pixel, - dgp where it is the earlier one; vertical pairs first, then horizontal (numpy_ops' order
 // of accumulation).
+template <typename I>
+__device__ __forceinline__ void gdl_loss_terms_body(const float* __restrict__ pred, const float* __restrict__ target,
+                                                    float* __restrict__ term, float* __restrict__ dpred,
+                                                    I n, I c, I h, I w, I alpha)
+{
+    const I count_v = n * c * (h - 1) * w, count_h = n * c * h * (w - 1);
+    const I total = n * c * h * w;
+    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
+        const I j = e % w, i = (e / w) % h, bc = e / (w * h);
+        if (i > 0)
+            term[(bc * (h - 1) + i - 1) * w + j] =
+                gdl_pair_term<I>(pred[e - w], pred[e], target[e - w], target[e], alpha) / (float)count_v;
+        if (j > 0)
+            term[count_v + (bc * h + i) * (w - 1) + j - 1] =
+                gdl_pair_term<I>(pred[e - 1], pred[e], target[e - 1], target[e], alpha) / (float)count_h;
+        float g = 0.0f;
+        if (i > 0)     g += gdl_pair_dgp<I>(pred[e - w], pred[e], target[e - w], target[e], alpha, count_v);
+        if (i < h - 1) g -= gdl_pair_dgp<I>(pred[e], pred[e + w], target[e], target[e + w], alpha, count_v);
+        if (j > 0)     g += gdl_pair_dgp<I>(pred[e - 1], pred[e], target[e - 1], target[e], alpha, count_h);
+        if (j < w - 1) g -= gdl_pair_dgp<I>(pred[e], pred[e + 1], target[e], target[e + 1], alpha, count_h);
+        dpred[e] = g;
+    }
+}
+
 extern "C" __global__ void gdl_loss_terms(const float* __restrict__ pred, const float* __restrict__ target,
                                           float* __restrict__ term, float* __restrict__ dpred,
                                           long long n, long long c, long long h, long long w,
                                           long long alpha)
 {
-    const long long count_v = n * c * (h - 1) * w, count_h = n * c * h * (w - 1);
-    const long long total = n * c * h * w;
-    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (long long)blockDim.x * gridDim.x) {
-        const long long j = e % w, i = (e / w) % h, bc = e / (w * h);
-        if (i > 0)
-            term[(bc * (h - 1) + i - 1) * w + j] =
-                gdl_pair_term(pred[e - w], pred[e], target[e - w], target[e], alpha) / (float)count_v;
-        if (j > 0)
-            term[count_v + (bc * h + i) * (w - 1) + j - 1] =
-                gdl_pair_term(pred[e - 1], pred[e], target[e - 1], target[e], alpha) / (float)count_h;
-        float g = 0.0f;
-        if (i > 0)     g += gdl_pair_dgp(pred[e - w], pred[e], target[e - w], target[e], alpha, count_v);
-        if (i < h - 1) g -= gdl_pair_dgp(pred[e], pred[e + w], target[e], target[e + w], alpha, count_v);
-        if (j > 0)     g += gdl_pair_dgp(pred[e - 1], pred[e], target[e - 1], target[e], alpha, count_h);
-        if (j < w - 1) g -= gdl_pair_dgp(pred[e], pred[e + 1], target[e], target[e + 1], alpha, count_h);
-        dpred[e] = g;
-    }
+    gdl_loss_terms_body<long long>(pred, target, term, dpred, n, c, h, w, alpha);
+}
+
+extern "C" __global__ void gdl_loss_terms_i32(const float* __restrict__ pred, const float* __restrict__ target,
+                                              float* __restrict__ term, float* __restrict__ dpred,
+                                              int n, int c, int h, int w, int alpha)
+{
+    gdl_loss_terms_body<int>(pred, target, term, dpred, n, c, h, w, alpha);
 }
 
 // Binary cross-entropy on logits: one thread per logit e (n in all).

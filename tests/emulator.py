@@ -6,6 +6,8 @@ followed by one generated wrapper per kernel that runs a whole launch: a loop ov
 threads, one call of the kernel per thread. Threads run one after another, so there is no
 concurrency to emulate: kernels may not use __syncthreads or __shared__ (left undefined on
 purpose: using them fails to compile here), and their reductions are atomics or xp reductions.
+Only the `extern "C" __global__` entry points get wrappers; the `__device__` functions and templates
+they call (the bodies shared by a kernel and its 32-bit twin `name_i32`) compile as plain C++.
 
 `EmulatedLauncher` is a drop-in for cupy_ops.RawModuleLauncher: `launch(name, grid, block, args)`.
 On every launch it checks the arguments against the kernel's C signature the way CuPy converts
@@ -353,10 +355,11 @@ def default_launcher():
     return _default_launcher
 
 
-def emulated_backend(block=cupy_ops.BLOCK, max_blocks=cupy_ops.MAX_BLOCKS, poison=True):
+def emulated_backend(block=cupy_ops.BLOCK, max_blocks=cupy_ops.MAX_BLOCKS, poison=True, index32=True):
     """cupy_ops.CudaOps on NumPy arrays with the emulated kernels: the GPU code path without a GPU.
 
     block, max_blocks: launch geometry (small values make every grid-stride loop iterate);
-    poison: new arrays start as NaN (see PoisonedNumpy)."""
+    poison: new arrays start as NaN (see PoisonedNumpy); index32: as CudaOps' (False: the long long
+    kernels only)."""
     return cupy_ops.CudaOps(xp=PoisonedNumpy() if poison else np, launch=default_launcher(),
-                            block=block, max_blocks=max_blocks)
+                            block=block, max_blocks=max_blocks, index32=index32)

@@ -6,6 +6,7 @@ nvidia-cuda-nvrtc wheel (requirements-test.txt), called through ctypes.
 import ctypes
 import glob
 import os
+import re
 
 import pytest
 
@@ -106,3 +107,24 @@ def test_cuda_compile_error_is_reported_with_the_log(nvrtc):
                                  "broken.cu", options_for(ARCHS[0]))
     assert not ok and ptx is None
     assert "undefined_name" in log
+
+
+def ptx_entries(ptx):
+    """{entry name: its PTX text, up to the next entry}."""
+    return {chunk.split("(", 1)[0].strip(): chunk for chunk in re.split(r"\.entry\s+", ptx)[1:]}
+
+
+WIDE_DIVISION = re.compile(r"\b(div|rem)\.[su]64\b")
+
+
+@pytest.mark.parametrize("filename", sorted(SOURCES))
+def test_cuda_i32_twins_have_no_64_bit_division(nvrtc, filename):
+    """The point of the `name_i32` twins: their index arithmetic compiles to 32-bit division and
+    modulo only, where the long long kernel has 64-bit ones (which this check finds)."""
+    ok, log, ptx = nvrtc.compile(SOURCES[filename], filename, options_for(ARCHS[0]))
+    assert ok, log
+    entries = ptx_entries(ptx)
+    twins = [name for name in entries if name.endswith("_i32")]
+    for name in twins:
+        assert not WIDE_DIVISION.search(entries[name]), f"{name}: 64-bit division or modulo in its PTX"
+        assert WIDE_DIVISION.search(entries[name[:-len("_i32")]]), f"{name[:-len('_i32')]}: none to compare"

@@ -3,7 +3,9 @@
 Every op runs through `emulator.emulated_backend`: the backend's own Python launch code on NumPy
 arrays, the kernels compiled as C++ by g++ (see tests/emulator.py). Shapes are drawn by hypothesis,
 sizes are mostly not multiples of the block, and the launch geometry is drawn too, down to one
-block of 32 threads, so the grid-stride loops iterate. Data are float32: either normal draws or
+block of 32 threads, so the grid-stride loops iterate, and so is the index width: the kernels that
+have a 32-bit twin (`name_i32`, see cupy_ops._index_args) run either as their twin, as they do at
+these sizes by default, or as the long long kernel (index32=False). Data are float32: either normal draws or
 values on a coarse grid (multiples of 1/2), which make ties (max pooling), exact zeros (relu) and
 kinks (|.| at 0 in the losses) happen, so the conventions at those points are compared as well.
 
@@ -15,6 +17,8 @@ Tolerances, |got - ref| <= atol + rtol |ref| elementwise (stated with each test)
 
 The same tests run against real CuPy (parameter id `gpu`) when it sees a GPU, else they skip.
 """
+import collections
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -39,24 +43,27 @@ side = st.integers(1, 11)
 
 @pytest.fixture(scope="module", params=["emul", "gpu"])
 def make_ops(request):
-    """(block, max_blocks) -> a CudaOps: emulated on NumPy, or real CuPy when a GPU is there."""
+    """(block, max_blocks, index32=True) -> a CudaOps: emulated on NumPy, or real CuPy when a GPU is there."""
     if request.param == "emul":
         if emulator.find_compiler() is None:
             pytest.skip(f"emulation needs a C++ compiler: {emulator.CXX!r} is not on PATH")
         emulator.default_launcher()                       # compile once, outside the examples
-        return lambda block, max_blocks: emulator.emulated_backend(block, max_blocks)
+        return lambda block, max_blocks, index32=True: emulator.emulated_backend(block, max_blocks, index32=index32)
     try:
         cupy_ops.check_gpu()
     except RuntimeError as e:
         pytest.skip(f"no real GPU backend here: {e}")
-    return lambda block, max_blocks: cupy_ops.CudaOps(block=block, max_blocks=max_blocks)
+    return lambda block, max_blocks, index32=True: cupy_ops.CudaOps(block=block, max_blocks=max_blocks,
+                                                                    index32=index32)
 
 
 class Case:
-    """What one hypothesis example draws: a backend with a launch geometry, an rng, a data kind."""
+    """What one hypothesis example draws: a backend with a launch geometry and an index width, an
+    rng, a data kind."""
 
     def __init__(self, make_ops, data):
-        self.ops = make_ops(*data.draw(st.sampled_from(GEOMETRIES), label="block, max_blocks"))
+        geometry = data.draw(st.sampled_from(GEOMETRIES), label="block, max_blocks")
+        self.ops = make_ops(*geometry, index32=data.draw(st.booleans(), label="index32"))
         self.rng = np.random.default_rng(data.draw(seeds, label="seed"))
         self.grid = data.draw(st.booleans(), label="coarse-grid values")
 
@@ -477,15 +484,151 @@ def every_op_once(ops, rng):
     ops.adam_update_many([a(5)], [a(5)], [a(5)], [ops.xp.abs(a(5))], 1e-3, 0.9, 0.999, 1e-8, 1)
 
 
+def all_kernel_names():
+    return {n for src in cupy_ops.kernel_sources().values() for n in cupy_ops.kernel_names(src)}
+
+
 def test_emul_every_kernel_is_launched_and_covered():
-    """The ops launch every kernel of kernels/*.cu (so the op tests above cover them all)."""
+    """The ops launch every kernel of kernels/*.cu (so the op tests above cover them all): the
+    32-bit twins at these sizes, the long long kernels with index32=False."""
     if emulator.find_compiler() is None:
         pytest.skip("emulation needs a C++ compiler")
     launcher = emulator.EmulatedLauncher()
-    every_op_once(cupy_ops.CudaOps(xp=np, launch=launcher, block=32, max_blocks=2), np.random.default_rng(0))
-    all_kernels = {n for src in cupy_ops.kernel_sources().values() for n in cupy_ops.kernel_names(src)}
+    for index32 in (True, False):
+        every_op_once(cupy_ops.CudaOps(xp=np, launch=launcher, block=32, max_blocks=2, index32=index32),
+                      np.random.default_rng(0))
+    all_kernels = all_kernel_names()
     assert set(launcher.kernels) == all_kernels
     assert set(launcher.launches) == all_kernels, f"never launched: {sorted(all_kernels - set(launcher.launches))}"
+
+
+# --------------------------------------------------------------------------- 32-bit index twins
+class TwinChecker:
+    """A launcher that runs each launch of a 32-bit twin `name_i32` twice: first its long long
+    kernel `name` on copies of the arrays (the sizes as Python ints, as CuPy passes long long),
+    then as asked; every array argument must come out bit for bit the same (outputs start as
+    the same NaN poison, so an element that only one of them writes differs too)."""
+
+    def __init__(self, launch):
+        self.launch = launch
+        self.checked = collections.Counter()
+
+    def __call__(self, name, grid, block, args):
+        if not name.endswith("_i32"):
+            return self.launch(name, grid, block, args)
+        wide = name[:-len("_i32")]
+        wide_args = tuple(a.copy() if isinstance(a, np.ndarray) else int(a) for a in args)
+        self.launch(wide, grid, block, wide_args)
+        self.launch(name, grid, block, args)
+        for i, (a, b) in enumerate(zip(args, wide_args)):
+            if isinstance(a, np.ndarray) and a.tobytes() != b.tobytes():
+                raise AssertionError(f"{name} and {wide} differ in argument {i} "
+                                     f"({int((a != b).sum())} of {a.size} elements)")
+        self.checked[name] += 1
+
+
+@pytest.mark.parametrize("block, max_blocks", [(32, 2), (cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)])
+def test_emul_each_i32_kernel_equals_its_long_long_twin(block, max_blocks):
+    """Every op on random data, each launch of a 32-bit twin checked against its long long kernel."""
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    checker = TwinChecker(emulator.default_launcher())
+    ops = cupy_ops.CudaOps(xp=emulator.PoisonedNumpy(), launch=checker, block=block, max_blocks=max_blocks)
+    for seed in range(3):
+        every_op_once(ops, np.random.default_rng(seed))
+    twins = {n for n in all_kernel_names() if n.endswith("_i32")}
+    assert set(checker.checked) == twins, f"not checked: {sorted(twins - set(checker.checked))}"
+
+
+TWINS = r"""
+template <typename I>
+__device__ void gather_body(const float* x, float* y, I n, I step)
+{
+    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < n; e += (I)blockDim.x * gridDim.x)
+        y[e] = x[(e * step) % n];
+}
+extern "C" __global__ void gather(const float* x, float* y, long long n, long long step) { gather_body<long long>(x, y, n, step); }
+extern "C" __global__ void gather_i32(const float* x, float* y, int n, int step) { gather_body<int>(x, y, n, step); }
+extern "C" __global__ void narrow(const float* x, float* y, long long n, long long step) { gather_body<long long>(x, y, n, step); }
+// a twin whose index arithmetic truncates (to 8 bits): wrong from 256 elements on
+extern "C" __global__ void narrow_i32(const float* x, float* y, int n, int step)
+{
+    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < n; e += blockDim.x * gridDim.x)
+        y[e] = x[(unsigned char)((e * step) % n)];
+}
+"""
+
+
+def test_emul_twin_checker_catches_a_truncating_twin():
+    """The check above fails on a twin that gets its index arithmetic wrong."""
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    checker = TwinChecker(emulator.EmulatedLauncher(sources={"twins.cu": TWINS}))
+    x = np.arange(300, dtype=np.float32)
+    checker("gather_i32", (2,), (32,), (x, np.full(300, np.nan, np.float32), np.int32(300), np.int32(7)))
+    checker("narrow_i32", (2,), (32,), (x[:200], np.full(200, np.nan, np.float32), np.int32(200), np.int32(1)))
+    assert checker.checked == {"gather_i32": 1, "narrow_i32": 1}   # narrow is right below 256 elements
+    with pytest.raises(AssertionError, match="narrow_i32 and narrow differ in argument 1"):
+        checker("narrow_i32", (2,), (32,), (x, np.full(300, np.nan, np.float32), np.int32(300), np.int32(1)))
+
+
+def test_index32_bound_counts_the_grid_stride_overshoot():
+    threads = cupy_ops.BLOCK * cupy_ops.MAX_BLOCKS
+    assert cupy_ops.fits_index32(2**31 - threads, threads)
+    assert not cupy_ops.fits_index32(2**31 - threads + 1, threads)
+    assert cupy_ops.fits_index32(2**31 - 1, 1) and not cupy_ops.fits_index32(2**31, 1)
+
+
+def elements(count):
+    """A float32 array of `count` elements that takes no memory (all of them one zero)."""
+    return np.broadcast_to(np.float32(0), (count,))
+
+
+def test_index_args_picks_long_long_just_past_2_31():
+    """The chooser on sizes around 2^31 (arrays that take no memory): the loop's items, each
+    array's size and each size argument count, plus the launch's grid (2^24 threads at 2^31 items)."""
+    ops = cupy_ops.CudaOps(xp=np, launch=None)
+    threads = cupy_ops.BLOCK * cupy_ops.MAX_BLOCKS
+    edge = 2**31 - threads                              # the most items the twin may loop over
+    suffix, sizes = ops._index_args(edge, [elements(10)], (3, 4))
+    assert suffix == "_i32" and sizes == (3, 4) and all(type(s) is np.int32 for s in sizes)
+    suffix, sizes = ops._index_args(edge + 1, [elements(10)], (3, 4))
+    assert suffix == "" and sizes == (3, 4) and all(type(s) is int for s in sizes)
+    # 10 items: one block of 256 threads; an array (col2im's cols, GDL's terms) larger than the loop
+    assert ops._index_args(10, [elements(2**31 - 256)], (3,))[0] == "_i32"
+    assert ops._index_args(10, [elements(2**31 - 255)], (3,))[0] == ""
+    assert ops._index_args(10, [elements(10)], (2**31 - 256,))[0] == "_i32"
+    assert ops._index_args(10, [elements(10)], (3, -(2**31 - 255)))[0] == ""
+    assert cupy_ops.CudaOps(xp=np, launch=None, index32=False)._index_args(10, [elements(10)], (3,))[0] == ""
+
+
+def launched_with_limit(monkeypatch, limit, call):
+    """The kernels `call(ops, a)` launches (a(*shape): random float32) with INDEX32_LIMIT = limit."""
+    if emulator.find_compiler() is None:
+        pytest.skip("emulation needs a C++ compiler")
+    monkeypatch.setattr(cupy_ops, "INDEX32_LIMIT", limit)
+    launcher = emulator.EmulatedLauncher()
+    ops = cupy_ops.CudaOps(xp=np, launch=launcher, block=32, max_blocks=2)
+    rng = np.random.default_rng(0)
+    call(ops, lambda *shape: rng.standard_normal(shape).astype(np.float32))
+    return set(launcher.launches)
+
+
+@pytest.mark.parametrize("call, kernel, largest", [
+    (lambda ops, a: ops.im2col(a(2, 3, 5, 4), 3, 1), "im2col", 2 * 5 * 4 * 3 * 9),             # cols
+    (lambda ops, a: ops.col2im(a(2 * 5 * 4, 4 * 9), (2, 3, 5, 4), 3, 1, c_from=1), "col2im", 2 * 5 * 4 * 4 * 9),
+    (lambda ops, a: ops._nchw_to_rows(a(2, 3, 20), a(2, 3, 20), 2, 3, 20, True), "nchw_to_rows_bias_grad",
+     3 + 2 * 3 * 20),                                                                             # db's threads
+    (lambda ops, a: ops.gdl_loss(a(2, 3, 5, 4), a(2, 3, 5, 4), 1), "gdl_loss_terms",
+     2 * 3 * (4 * 4 + 5 * 3)),                                                                   # term
+    (lambda ops, a: ops.upsample_backward(a(2, 3, 6, 4), 2), "upsample_backward", 2 * 3 * 6 * 4),  # dout
+])
+def test_ops_pick_the_twin_up_to_their_largest_index(monkeypatch, call, kernel, largest):
+    """With the limit moved down to these sizes: each op's twin runs while its largest index
+    (the array or loop larger than the output, in these ops) plus the grid fits, not one past."""
+    threads = 32 * 2
+    assert launched_with_limit(monkeypatch, largest + threads, call) == {kernel + "_i32"}
+    assert launched_with_limit(monkeypatch, largest + threads - 1, call) == {kernel}
 
 
 PROBE = r"""

@@ -407,6 +407,17 @@ def test_the_update_is_one_launch_per_network(optimizer):
     assert names[f"{optimizer}_update_many"] == 2 and names[f"{optimizer}_update"] == 0, dict(names)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_every_kernel_with_a_32_bit_twin_runs_as_its_twin(optimizer):
+    """At a training iteration's sizes every launch of a kernel that has a `name_i32` twin (the
+    index arithmetic that divides) goes to the twin: no call site bypasses cupy_ops._index_args."""
+    needs_compiler()
+    counts, names = count_train_step(optimizer=optimizer)
+    kernels = {n for src in cupy_ops.kernel_sources().values() for n in cupy_ops.kernel_names(src)}
+    wide = {n: c for n, c in names.items() if n + "_i32" in kernels}
+    assert not wide and any(n.endswith("_i32") for n in names), dict(names)
+
+
 @pytest.mark.parametrize("optimizer", sorted(BOUNDS))
 def test_launches_and_transfers_per_adv_gdl_iteration_stay_bounded(optimizer):
     needs_compiler()
