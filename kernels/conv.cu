@@ -1,8 +1,12 @@
-// Convolution: im2col and its adjoint col2im (the GEMM between them is cuBLAS, via cupy.matmul).
+// Convolution: im2col and its adjoint col2im (the GEMMs between them are cuBLAS, via cupy.matmul).
 //
-// Layout, identical to numpy_ops.im2col: cols is (N*Ho*Wo, C*k*k), row n*Ho*Wo + y*Wo + x holds
-// the window whose top-left corner is (y, x) in the padded image, column c*k*k + i*k + j holds
-// x_padded[n, c, y + i, x + j]. Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1 (stride 1).
+// Layout, channel-major (the fast CPU backend's, = numpy_ops.im2col(...).T): cols is
+// (C*k*k, N*Ho*Wo); row c*k*k + i*k + j holds tap (i, j) of channel c, column n*Ho*Wo + y*Wo + x
+// the window whose top-left corner is (y, x) in the padded image: cols[c*k*k + i*k + j, n*Ho*Wo +
+// y*Wo + x] = x_padded[n, c, y + i, x + j]. Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1 (stride 1).
+// Why this way round: with the pixel index fastest, neighbouring threads of both kernels touch
+// neighbouring x of the image and neighbouring columns of cols, so a warp's loads and stores are
+// coalesced (the pixel-major layout put neighbouring threads C*k*k floats apart in cols).
 //
 // All kernels: float32 data, one thread per OUTPUT element, grid-stride loops (thread t of a grid
 // of T threads handles elements t, t + T, t + 2T, ...), so any grid covers any size. No shared
@@ -14,19 +18,20 @@
 // arithmetic here is mostly divisions. cupy_ops._index_args launches `name_i32` only when every
 // index the kernel forms, and the grid-stride loop's last step past its total, stays below 2^31.
 
-// im2col: one thread per element of cols (N*Ho*Wo*C*k*k of them). Pixels of the zero padding
-// read as 0.
+// im2col: one thread per element of cols (C*k*k*N*Ho*Wo of them), in cols' order, so the column
+// (the pixel x) is fastest: consecutive threads read consecutive pixels of one image row and write
+// consecutive floats. Pixels of the zero padding read as 0.
 template <typename I>
 __device__ __forceinline__ void im2col_body(const float* __restrict__ x, float* __restrict__ cols,
                                             I n, I c, I h, I w, I k, I pad)
 {
     const I ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
-    const I ckk = c * k * k;
-    const I total = n * ho * wo * ckk;
+    const I pixels = n * ho * wo;
+    const I total = c * k * k * pixels;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
-        const I row = e / ckk, col = e % ckk;
-        const I b = row / (ho * wo), y = (row / wo) % ho, x0 = row % wo;
-        const I ch = col / (k * k), i = (col / k) % k, j = col % k;
+        const I row = e / pixels, col = e % pixels;
+        const I ch = row / (k * k), i = (row / k) % k, j = row % k;
+        const I b = col / (ho * wo), y = (col / wo) % ho, x0 = col % wo;
         const I yy = y + i - pad, xx = x0 + j - pad;   // position in the unpadded image
         cols[e] = (yy >= 0 && yy < h && xx >= 0 && xx < w) ? x[((b * c + ch) * h + yy) * w + xx] : 0.0f;
     }
@@ -45,18 +50,19 @@ extern "C" __global__ void im2col_i32(const float* __restrict__ x, float* __rest
     im2col_body<int>(x, cols, n, c, h, w, k, pad);
 }
 
-// col2im: one thread per element of dx (N*C*H*W of them). A gather, so no atomics and a fixed
-// summation order (taps i, then j, as numpy_ops.col2im): thread (b, ch, yy, xx) adds the cols entry
-// of every window (y, x0) = (yy + pad - i, xx + pad - j) that covers the pixel.
-// cols may hold c_from channels more, before dx's C: dx is then the adjoint for channels
-// c_from .. c_from + C - 1 of cols alone (conv2d_backward's dx_from: the gradient of the input
-// channels after its data channels, without copying the weight's slice for them).
+// col2im: one thread per element of dx (N*C*H*W of them, xx fastest). A gather, so no atomics and
+// a fixed summation order (taps i, then j, as numpy_ops.col2im): thread (b, ch, yy, xx) adds the
+// cols entry of every window (y, x0) = (yy + pad - i, xx + pad - j) that covers the pixel. For one
+// tap, consecutive threads (xx) read consecutive columns x0 of one row of cols: coalesced.
+// cols may hold c_from channels more, before dx's C (rows 0 .. c_from*k*k - 1): dx is then the
+// adjoint for channels c_from .. c_from + C - 1 of cols alone (conv2d_backward's dx_from: the
+// gradient of the input channels after its data channels, without copying the weight's slice).
 template <typename I>
 __device__ __forceinline__ void col2im_body(const float* __restrict__ cols, float* __restrict__ dx,
                                             I n, I c, I h, I w, I k, I pad, I c_from)
 {
     const I ho = h + 2 * pad - k + 1, wo = w + 2 * pad - k + 1;
-    const I ckk = (c_from + c) * k * k;
+    const I pixels = n * ho * wo;
     const I total = n * c * h * w;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
         const I xx = e % w, yy = (e / w) % h, ch = (e / (w * h)) % c, b = e / (w * h * c);
@@ -67,7 +73,7 @@ __device__ __forceinline__ void col2im_body(const float* __restrict__ cols, floa
             for (I j = 0; j < k; ++j) {
                 const I x0 = xx + pad - j;
                 if (x0 < 0 || x0 >= wo) continue;
-                sum += cols[((b * ho + y) * wo + x0) * ckk + ((c_from + ch) * k + i) * k + j];
+                sum += cols[(((c_from + ch) * k + i) * k + j) * pixels + (b * ho + y) * wo + x0];
             }
         }
         dx[e] = sum;

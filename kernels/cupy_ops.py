@@ -13,6 +13,10 @@ its output instead of a mask, as do conv2d and fc with relu=True; maxpool2 an in
   a layer's bias and ReLU (relu=True) go into the launch that puts the GEMM's rows in NCHW, the
   ReLU's gradient and the bias gradient into the launch that puts dout in the GEMM layout, and
   sgd_update_many / adam_update_many update all of a network's tensors in one launch.
+- The GEMM layout is channel-major, as the fast CPU backend's (issue 12): im2col's columns are
+  (C*k*k, N*Ho*Wo), numpy_ops.im2col(...).T, and a layer's GEMM output is (C_out, N*Ho*Wo) (an fc
+  layer's (D_out, N)). Every layout kernel then runs with the pixel index fastest on both of its
+  sides, so its loads and stores are coalesced (kernels/conv.cu, kernels/layout.cu).
 - 32-bit index arithmetic where the sizes allow it: the kernels whose index arithmetic divides
   (conv.cu, layout.cu, resample.cu, gdl_loss_terms) have a twin `name_i32` taking int sizes, and
   `_index_args` launches it unless an index could reach 2^31 (then the long long kernel runs).
@@ -233,37 +237,38 @@ class CudaOps:
     conv_check = staticmethod(conv_check)
 
     def im2col(self, x, k, pad):
-        """x: (N, C, H, W) -> cols (N*Ho*Wo, C*k*k), numpy_ops.im2col's layout."""
+        """x: (N, C, H, W) -> cols (C*k*k, N*Ho*Wo), channel-major: numpy_ops.im2col(x, k, pad).T."""
         x = self._f32(x, "im2col x")
         n, c, h, w = x.shape
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-        cols = self._empty((n * ho * wo, c * k * k))
+        cols = self._empty((c * k * k, n * ho * wo))
         self._run_indexed("im2col", cols.size, (x, cols), (n, c, h, w, k, pad))
         return cols
 
     def col2im(self, cols, x_shape, k, pad, c_from=0):
-        """Adjoint of im2col: cols (N*Ho*Wo, C*k*k) -> dx (N, C, H, W). With c_from > 0, cols holds
-        c_from more channels, before dx's: cols (N*Ho*Wo, (c_from + C)*k*k), and dx is the adjoint for
+        """Adjoint of im2col: cols (C*k*k, N*Ho*Wo) -> dx (N, C, H, W). With c_from > 0, cols holds
+        c_from more channels, before dx's: cols ((c_from + C)*k*k, N*Ho*Wo), and dx is the adjoint for
         its channels c_from.. alone."""
         cols = self._f32(cols, "col2im cols")
         n, c, h, w = (int(s) for s in x_shape)
         ho, wo = h + 2 * pad - k + 1, w + 2 * pad - k + 1
-        self._check_same_shape(cols, (n * ho * wo, (c_from + c) * k * k), "col2im")
+        self._check_same_shape(cols, ((c_from + c) * k * k, n * ho * wo), "col2im")
         dx = self._empty((n, c, h, w))
         self._run_indexed("col2im", dx.size, (cols, dx), (n, c, h, w, k, pad, c_from))
         return dx
 
     def _rows_to_nchw_bias(self, rows, b, n, c, hw, relu):
-        """The GEMM's rows (N*HW, C) -> (N, C, HW), plus the bias, then the ReLU if relu: one launch."""
+        """The GEMM's channel-major rows (C, N*HW) -> (N, C, HW), plus the bias, then the ReLU if
+        relu: one launch."""
         out = self._empty((n, c, hw))
         self._run_indexed("rows_to_nchw_bias", out.size, (rows, b, out), (n, c, hw, int(bool(relu))))
         return out
 
     def _nchw_to_rows(self, dout, out, n, c, hw, need_db):
-        """dout (N, C, HW) -> the GEMM's rows (N*HW, C), taken back first through the ReLU whose
-        output was `out` (None: no ReLU), and the bias gradient db (C,) if need_db (else None): one
-        launch either way."""
-        rows = self._empty((n * hw, c))
+        """dout (N, C, HW) -> the GEMM's channel-major rows (C, N*HW), taken back first through the
+        ReLU whose output was `out` (None: no ReLU), and the bias gradient db (C,) if need_db (else
+        None): one launch either way."""
+        rows = self._empty((c, n * hw))
         relu = int(out is not None)
         out = dout if out is None else out                      # not read without a ReLU
         if not need_db:
@@ -284,8 +289,8 @@ class CudaOps:
         if tuple(b.shape) != (c_out,):
             raise ValueError(f"conv2d: bias must have shape ({c_out},), got {tuple(b.shape)}")
         ho, wo = conv_output_size(h, wd, k, mode)
-        cols = self.im2col(x, k, pad)                                     # (N*Ho*Wo, C_in*k*k)
-        rows = self._gemm(cols, w.reshape(c_out, -1).T)               # (N*Ho*Wo, C_out)
+        cols = self.im2col(x, k, pad)                                 # (C_in*k*k, N*Ho*Wo)
+        rows = self._gemm(w.reshape(c_out, -1), cols)                 # (C_out, N*Ho*Wo)
         out = self._rows_to_nchw_bias(rows, b, n, c_out, ho * wo, relu).reshape(n, c_out, ho, wo)
         # as numpy_ops: the backward recomputes cols from x
         return out, (x, w, pad, out if relu else None)
@@ -305,12 +310,12 @@ class CudaOps:
         dw = None
         if need_dw:
             cols = self.im2col(x, k, pad)
-            dw = self._gemm(rows.T, cols).reshape(w.shape)
+            dw = self._gemm(rows, cols.T).reshape(w.shape)
             del cols
         dx = None
         if need_dx:
             # the columns of every input channel (no copy of w's slice), col2im of those after dx_from
-            cols = self._gemm(rows, w.reshape(c_out, -1))
+            cols = self._gemm(w.reshape(c_out, -1).T, rows)               # (C_in*k*k, N*Ho*Wo)
             dx = self.col2im(cols, (n, c_in - dx_from, h, wd), k, pad, c_from=dx_from)
         return dx, dw, db
 
@@ -325,7 +330,7 @@ class CudaOps:
         n, d_out = x.shape[0], w.shape[0]
         if tuple(b.shape) != (d_out,):
             raise ValueError(f"fc: bias must have shape ({d_out},), got {tuple(b.shape)}")
-        out = self._rows_to_nchw_bias(self._gemm(x, w.T), b, n, d_out, 1, relu).reshape(n, d_out)  # HW = 1
+        out = self._rows_to_nchw_bias(self._gemm(w, x.T), b, n, d_out, 1, relu).reshape(n, d_out)  # HW = 1
         return out, (x, w, out if relu else None)
 
     def fc_backward(self, dout, cache, need_dw=True):
@@ -333,12 +338,14 @@ class CudaOps:
         x, w, relu_out = cache
         dout = self._f32(dout, "fc_backward dout")
         self._check_same_shape(dout, (x.shape[0], w.shape[0]), "fc_backward")
-        db = None
-        if need_dw or relu_out is not None:     # dout through the ReLU and db, one launch (HW = 1)
-            dout, db = self._nchw_to_rows(dout, relu_out, x.shape[0], w.shape[0], 1, need_db=need_dw)
-        if not need_dw:
+        if not need_dw and relu_out is None:    # nothing to launch: dout is the GEMM's operand as it is
             return self._gemm(dout, w), None, None
-        return self._gemm(dout, w), self._gemm(dout.T, x), db
+        # dout through the ReLU, channel-major (D_out, N), and db: one launch (HW = 1)
+        rows, db = self._nchw_to_rows(dout, relu_out, x.shape[0], w.shape[0], 1, need_db=need_dw)
+        dx = self._gemm(rows.T, w)
+        if not need_dw:
+            return dx, None, None
+        return dx, self._gemm(rows, x), db
 
     # ------------------------------------------------------------------ activations
     def _unary(self, kernel, x, what):

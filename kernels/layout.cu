@@ -1,7 +1,11 @@
 // Layout changes around the GEMMs, the bias, and channel concatenation.
 //
-// "rows" is the GEMM layout (N*HW, C): row b*HW + p, column ch. "nchw" is the image layout
-// (N, C, HW), HW = H*W. A fully connected layer is the case HW = 1, where both layouts coincide.
+// "rows" is the GEMM layout, channel-major: (C, N*HW), row ch, column b*HW + p (the convolution's
+// W @ cols, see conv.cu; a fully connected layer's W @ x^T, HW = 1). "nchw" is the image layout
+// (N, C, HW), HW = H*W. Between the two, a channel's N*HW values move as N runs of HW contiguous
+// floats, so with one thread per element and p fastest, consecutive threads read and write
+// consecutive addresses on both sides (coalesced), except across a run's end (and at HW = 1,
+// where the kernels are a plain (C, N) <-> (N, C) transpose).
 //
 // All kernels: float32 data, one thread per OUTPUT element, grid-stride loops. Each is a template
 // on the index type I with two entry points, `name` (sizes as long long) and `name_i32` (sizes as
@@ -9,8 +13,8 @@
 // cupy_ops._index_args picks `name_i32` only when every index formed stays below 2^31 (conv.cu).
 
 // rows -> nchw, adding the bias of each channel, then, if relu != 0, the ReLU that follows the layer
-// (relu_forward's x * (x > 0)): one thread per element of out (N*C*HW).
-// Conv forward: out = cols @ W^T lands in rows layout. FC forward (hw = 1): out = x @ W^T + b.
+// (relu_forward's x * (x > 0)): one thread per element of out (N*C*HW), in out's order.
+// Conv forward: W @ cols lands in rows layout. FC forward (hw = 1): out = (W @ x^T)^T + b.
 template <typename I>
 __device__ __forceinline__ void rows_to_nchw_bias_body(const float* __restrict__ rows, const float* __restrict__ bias,
                                                        float* __restrict__ out, I n, I c, I hw, I relu)
@@ -18,7 +22,7 @@ __device__ __forceinline__ void rows_to_nchw_bias_body(const float* __restrict__
     const I total = n * c * hw;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
         const I p = e % hw, ch = (e / hw) % c, b = e / (hw * c);
-        const float v = rows[(b * hw + p) * c + ch] + bias[ch];
+        const float v = rows[(ch * n + b) * hw + p] + bias[ch];
         out[e] = relu ? v * (float)(v > 0.0f) : v;
     }
 }
@@ -44,18 +48,24 @@ __device__ __forceinline__ float through_relu(const float* x, const float* out, 
     return relu ? x[i] * (float)(out[i] > 0.0f) : x[i];
 }
 
-// nchw -> rows: one thread per element of rows (N*HW*C). Conv backward turns dout into the GEMM
-// layout with it, first taking it back through the layer's ReLU if relu != 0 (see through_relu;
-// out: the forward's output, in x's layout). With hw = 1 the layouts coincide (fc backward).
+// nchw -> rows: one thread per element of rows (C*N*HW), in rows' order. Conv backward turns dout
+// into the GEMM layout with it, first taking it back through the layer's ReLU if relu != 0 (see
+// through_relu; out: the forward's output, in x's layout). fc backward: hw = 1.
+template <typename I>
+__device__ __forceinline__ float nchw_at_row(const float* __restrict__ x, const float* __restrict__ out,
+                                             I r, I n, I c, I hw, I relu)
+{
+    const I p = r % hw, b = (r / hw) % n, ch = r / (hw * n);
+    return through_relu<I>(x, out, (b * c + ch) * hw + p, relu);
+}
+
 template <typename I>
 __device__ __forceinline__ void nchw_to_rows_body(const float* __restrict__ x, const float* __restrict__ out,
                                                   float* __restrict__ rows, I n, I c, I hw, I relu)
 {
-    const I total = n * hw * c;
-    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
-        const I ch = e % c, p = (e / c) % hw, b = e / (c * hw);
-        rows[e] = through_relu<I>(x, out, (b * c + ch) * hw + p, relu);
-    }
+    const I total = c * n * hw;
+    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x)
+        rows[e] = nchw_at_row<I>(x, out, e, n, c, hw, relu);
 }
 
 extern "C" __global__ void nchw_to_rows(const float* __restrict__ x, const float* __restrict__ out,
@@ -72,17 +82,20 @@ extern "C" __global__ void nchw_to_rows_i32(const float* __restrict__ x, const f
 }
 
 // nchw_to_rows and the bias gradient of a layer in one launch: db[ch] = the sum of x's channel
-// ch over the batch and the pixels (numpy_ops.conv2d_backward's column sums of D). One thread per
-// output element: threads 0 .. C-1 (first, so that their longer loops start early) each sum one
-// channel, in order (samples, then pixels; a double accumulator), the next N*HW*C threads transpose
-// as nchw_to_rows does.
+// ch over the batch and the pixels (numpy_ops.conv2d_backward's sums of D over its pixels). Threads
+// 0 .. C-1 (first, so that their longer loops start early) each sum one channel, in order (samples,
+// then pixels; a double accumulator); the next C*N*HW threads transpose as nchw_to_rows does.
+// A db thread reads x (through the ReLU), not the rows it equals: other threads of this launch
+// write those, and nothing orders them before it (no grid-wide sync in one launch). Its walk is
+// still sequential memory, N runs of HW contiguous floats (its rows' row, taken from x), so each
+// cache line it loads serves its next loads; only fc layers (HW = 1) step C floats at a time.
 template <typename I>
 __device__ __forceinline__ void nchw_to_rows_bias_grad_body(const float* __restrict__ x,
                                                             const float* __restrict__ out,
                                                             float* __restrict__ rows, float* __restrict__ db,
                                                             I n, I c, I hw, I relu)
 {
-    const I total = c + n * hw * c;
+    const I total = c + c * n * hw;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
         if (e < c) {
             double sum = 0.0;
@@ -91,9 +104,7 @@ __device__ __forceinline__ void nchw_to_rows_bias_grad_body(const float* __restr
                     sum += through_relu<I>(x, out, (b * c + e) * hw + p, relu);
             db[e] = (float)sum;
         } else {
-            const I r = e - c;
-            const I ch = r % c, p = (r / c) % hw, b = r / (c * hw);
-            rows[r] = through_relu<I>(x, out, (b * c + ch) * hw + p, relu);
+            rows[e - c] = nchw_at_row<I>(x, out, e - c, n, c, hw, relu);
         }
     }
 }

@@ -101,15 +101,16 @@ def test_cuda_im2col_col2im(make_ops, data):
     lo = max(1, k - 2 * pad)
     shape = (data.draw(batch), data.draw(channels), data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11)))
     x = c.values(shape)
-    cols_ref = ref.im2col(x, k, pad)
+    cols_ref = ref.im2col(x, k, pad).T          # the GPU's columns are channel-major: (C k k, N Ho Wo)
     c.check(c.ops.im2col(c.dev(x), k, pad), cols_ref, "im2col", **EXACT)
     cols = c.values(cols_ref.shape)
-    c.check(c.ops.col2im(c.dev(cols), shape, k, pad), ref.col2im(cols, shape, k, pad), "col2im", **EXACT)
+    c.check(c.ops.col2im(c.dev(cols), shape, k, pad), ref.col2im(np.ascontiguousarray(cols.T), shape, k, pad),
+            "col2im", **EXACT)
     # c_from: cols of c_from more channels before those of dx, which is the adjoint for the rest alone
     c_from = data.draw(st.integers(1, 3), label="c_from")
-    wide = c.values((cols.shape[0], (c_from + shape[1]) * k * k))
+    wide = c.values(((c_from + shape[1]) * k * k, cols.shape[1]))
     c.check(c.ops.col2im(c.dev(wide), shape, k, pad, c_from=c_from),
-            ref.col2im(np.ascontiguousarray(wide[:, c_from * k * k:]), shape, k, pad), "col2im c_from", **EXACT)
+            ref.col2im(np.ascontiguousarray(wide[c_from * k * k:].T), shape, k, pad), "col2im c_from", **EXACT)
 
 
 @pytest.mark.parametrize("mode", ["same", "valid"])
@@ -136,6 +137,58 @@ def test_cuda_conv2d(make_ops, mode, data):
             assert g is None, f"conv2d {name} must be None (need_dx={need_dx}, need_dw={need_dw})"
         else:
             c.check(g, g_ref, f"conv2d {name}", **SUMS)
+
+
+# (N, C, HW): all three differ, so a swapped index reads the wrong element or leaves one unwritten
+# (NaN in the emulator); with 32 threads (the (32, 1) grid) every loop iterates, the db threads'
+# too where C > 32; HW = 1 is the fc layers' case.
+LAYOUT_SIZES = [(3, 5, 37), (2, 37, 3), (5, 3, 1), (1, 6, 35)]
+
+
+@pytest.mark.parametrize("index32", [True, False])
+@pytest.mark.parametrize("geometry", [(32, 1), (64, 2), (cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)])
+@pytest.mark.parametrize("n, ch, hw", LAYOUT_SIZES)
+def test_cuda_layout_kernels_are_channel_major(make_ops, n, ch, hw, geometry, index32):
+    """The GEMM layout (C, N*HW) <-> NCHW against NumPy's transpose: rows_to_nchw_bias (bias, ReLU),
+    nchw_to_rows and nchw_to_rows_bias_grad (ReLU's gradient, db)."""
+    ops = make_ops(*geometry, index32=index32)
+    rng = np.random.default_rng(n * 1000 + ch * 10 + hw)
+    rows = rng.standard_normal((ch, n * hw)).astype(np.float32)
+    b = rng.standard_normal(ch).astype(np.float32)
+    want = np.ascontiguousarray(rows.reshape(ch, n, hw).transpose(1, 0, 2) + b[:, None])
+    for relu in (False, True):
+        got = ops._rows_to_nchw_bias(ops.asarray(rows), ops.asarray(b), n, ch, hw, relu)
+        assert_close(ops.to_host(got), np.maximum(want, 0) if relu else want, f"rows_to_nchw_bias relu={relu}", **EXACT)
+    dout = rng.standard_normal((n, ch, hw)).astype(np.float32)
+    out = np.maximum(want, 0)                                     # a forward's output after its ReLU
+    for relu_out in (None, out):
+        d = dout if relu_out is None else dout * (relu_out > 0)
+        d_rows = d.transpose(1, 0, 2).reshape(ch, n * hw)
+        relu = relu_out is not None
+        got, db = ops._nchw_to_rows(ops.asarray(dout), None if relu_out is None else ops.asarray(relu_out),
+                                    n, ch, hw, need_db=False)
+        assert db is None
+        assert_close(ops.to_host(got), d_rows, f"nchw_to_rows relu={relu}", **EXACT)
+        got, db = ops._nchw_to_rows(ops.asarray(dout), None if relu_out is None else ops.asarray(relu_out),
+                                    n, ch, hw, need_db=True)
+        assert_close(ops.to_host(got), d_rows, f"nchw_to_rows_bias_grad relu={relu}", **EXACT)
+        assert_close(ops.to_host(db), d.sum(axis=(0, 2), dtype=np.float64), f"db relu={relu}", **ELEMENTWISE)
+
+
+@pytest.mark.parametrize("index32", [True, False])
+@pytest.mark.parametrize("k, pad", [(3, 1), (5, 0)])
+def test_cuda_im2col_is_channel_major_on_odd_sizes(make_ops, k, pad, index32):
+    """im2col = numpy_ops.im2col(...).T and col2im its adjoint, with N, C, H, W all different and
+    the grid (32 threads) far smaller than the work; col2im with c_from reading rows past 0."""
+    ops = make_ops(32, 1, index32=index32)
+    rng = np.random.default_rng(k)
+    shape = (2, 3, 9, 7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    cols_ref = ref.im2col(x, k, pad).T
+    assert_close(ops.to_host(ops.im2col(ops.asarray(x), k, pad)), cols_ref, "im2col", **EXACT)
+    wide = rng.standard_normal(((2 + shape[1]) * k * k, cols_ref.shape[1])).astype(np.float32)
+    want = ref.col2im(np.ascontiguousarray(wide[2 * k * k:].T), shape, k, pad)
+    assert_close(ops.to_host(ops.col2im(ops.asarray(wide), shape, k, pad, c_from=2)), want, "col2im", **EXACT)
 
 
 # --------------------------------------------------------------------------- fully connected
@@ -616,7 +669,7 @@ def launched_with_limit(monkeypatch, limit, call):
 
 @pytest.mark.parametrize("call, kernel, largest", [
     (lambda ops, a: ops.im2col(a(2, 3, 5, 4), 3, 1), "im2col", 2 * 5 * 4 * 3 * 9),             # cols
-    (lambda ops, a: ops.col2im(a(2 * 5 * 4, 4 * 9), (2, 3, 5, 4), 3, 1, c_from=1), "col2im", 2 * 5 * 4 * 4 * 9),
+    (lambda ops, a: ops.col2im(a(4 * 9, 2 * 5 * 4), (2, 3, 5, 4), 3, 1, c_from=1), "col2im", 2 * 5 * 4 * 4 * 9),
     (lambda ops, a: ops._nchw_to_rows(a(2, 3, 20), a(2, 3, 20), 2, 3, 20, True), "nchw_to_rows_bias_grad",
      3 + 2 * 3 * 20),                                                                             # db's threads
     (lambda ops, a: ops.gdl_loss(a(2, 3, 5, 4), a(2, 3, 5, 4), 1), "gdl_loss_terms",
