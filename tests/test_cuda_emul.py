@@ -158,21 +158,22 @@ def test_cuda_layout_kernels_are_channel_major(make_ops, n, ch, hw, geometry, in
     want = np.ascontiguousarray(rows.reshape(ch, n, hw).transpose(1, 0, 2) + b[:, None])
     for relu in (False, True):
         got = ops._rows_to_nchw_bias(ops.asarray(rows), ops.asarray(b), n, ch, hw, relu)
-        assert_close(ops.to_host(got), np.maximum(want, 0) if relu else want, f"rows_to_nchw_bias relu={relu}", **EXACT)
+        assert_close(ops.to_host(got), np.maximum(want, 0) if relu else want, f"rows_to_nchw_bias relu={relu}",
+                     **EXACT)
     dout = rng.standard_normal((n, ch, hw)).astype(np.float32)
     out = np.maximum(want, 0)                                     # a forward's output after its ReLU
     for relu_out in (None, out):
         d = dout if relu_out is None else dout * (relu_out > 0)
-        d_rows = d.transpose(1, 0, 2).reshape(ch, n * hw)
-        relu = relu_out is not None
-        got, db = ops._nchw_to_rows(ops.asarray(dout), None if relu_out is None else ops.asarray(relu_out),
-                                    n, ch, hw, need_db=False)
-        assert db is None
-        assert_close(ops.to_host(got), d_rows, f"nchw_to_rows relu={relu}", **EXACT)
-        got, db = ops._nchw_to_rows(ops.asarray(dout), None if relu_out is None else ops.asarray(relu_out),
-                                    n, ch, hw, need_db=True)
-        assert_close(ops.to_host(got), d_rows, f"nchw_to_rows_bias_grad relu={relu}", **EXACT)
-        assert_close(ops.to_host(db), d.sum(axis=(0, 2), dtype=np.float64), f"db relu={relu}", **ELEMENTWISE)
+        what = f"nchw_to_rows relu={relu_out is not None}"
+        for need_db in (False, True):                             # nchw_to_rows, nchw_to_rows_bias_grad
+            got, db = ops._nchw_to_rows(ops.asarray(dout), None if relu_out is None else ops.asarray(relu_out),
+                                        n, ch, hw, need_db=need_db)
+            assert_close(ops.to_host(got), d.transpose(1, 0, 2).reshape(ch, n * hw), f"{what} need_db={need_db}",
+                         **EXACT)
+            if need_db:
+                assert_close(ops.to_host(db), d.sum(axis=(0, 2), dtype=np.float64), f"{what} db", **ELEMENTWISE)
+            else:
+                assert db is None, what
 
 
 @pytest.mark.parametrize("index32", [True, False])
