@@ -68,7 +68,7 @@ def im2col(x, k, pad):
 
     x: (N, C, H, W) -> cols: (N*Ho*Wo, C*k*k), Ho = H + 2 pad - k + 1, Wo = W + 2 pad - k + 1.
     Row n*Ho*Wo + y*Wo + x0 holds window (y, x0) of sample n; column c*k*k + i*k + j
-    holds x_padded[n, c, y + i, x0 + j]. The CUDA im2col writes the same layout.
+    holds x_padded[n, c, y + i, x0 + j]. The CUDA im2col writes its transpose (C*k*k, N*Ho*Wo), as fast_cpu._unfold does.
     """
     n, c, h, w = x.shape
     xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))) if pad else x
