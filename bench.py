@@ -24,7 +24,7 @@ Timing is by wrapping, not by hooks in the model: framepred's G/D forward/backwa
 sgd_update are replaced for the duration of the run by timed versions (train_step looks them up
 in the module at each call), the losses are timed through a proxy around `ops`, and the GEMM and
 im2col/col2im helpers are timed by wrapping them: in the NumPy backends' modules (kernels.fast_cpu's
-_gemm, _unfold, _fold, _add_taps; kernels.numpy_ops' im2col and col2im: the convolutions call them
+_gemm, _unfold, _fold, _add_taps, _unfold_rows, _fold_rows; kernels.numpy_ops' im2col and col2im: the convolutions call them
 through the module, so the wrapper sees every call), and on a cupy_ops.CudaOps object (its `_gemm`,
 `im2col`, `col2im`, called through self). Everything is restored afterwards. Phase times are
 exclusive: a D forward inside the G step's loss counts as D forward, not as losses.
@@ -51,7 +51,7 @@ MODEL_PHASES = {"generator_forward": "G forward", "generator_backward": "G backw
 LOSS_OPS = ("lp_loss", "gdl_loss", "bce_logits_loss")
 # the CPU backends' helpers timed as GEMM and as im2col/col2im work (those present are wrapped)
 GEMM_HELPERS = ("_gemm",)
-UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold", "_add_taps")
+UNFOLD_HELPERS = ("im2col", "col2im", "_unfold", "_fold", "_add_taps", "_unfold_rows", "_fold_rows")
 SGEMM_SHAPE = (8192, 6400, 256)          # (M, K, N) of the reference GEMM
 
 

@@ -238,8 +238,7 @@ def _conv_rows_dx(d_hnw, w, x_shape, pad, c_from=0):
     k, k), x_shape (N, C, H, W) with C = C_in - c_from -> dx (N, C, H, W)."""
     n, c, h, wd = x_shape
     c_out, _, k, _ = w.shape
-    hp, wp = h + 2 * pad, wd + 2 * pad
-    wo = wp - k + 1
+    hp, wo = h + 2 * pad, wd + 2 * pad - k + 1
     band = n * wo
     ho = d_hnw.shape[1] // band
     w_rows_t = w[:, c_from:].transpose(2, 1, 3, 0).reshape(k, c * k, c_out)   # [i]: W_i^T, rows c*k + j
@@ -247,10 +246,19 @@ def _conv_rows_dx(d_hnw, w, x_shape, pad, c_from=0):
     term = np.empty((c * k, ho * band), dtype=d_hnw.dtype)
     for i in range(k):
         du[:, i * band:(i + ho) * band] += _gemm(w_rows_t[i], d_hnw, out=term)
-    du = du.reshape(c, k, hp, n, wo)
-    dxp = np.zeros((c, hp, n, wp), dtype=d_hnw.dtype)
+    return _fold_rows(du, (n, c, h, wd), k, pad)
+
+
+def _fold_rows(u, x_shape, k, pad):
+    """Adjoint of _unfold_rows: (C*k, Hp*N*Wo) -> dx (N, C, H, W), each row unfolding's k shifted
+    slices added back onto the padded rows, the padding dropped."""
+    n, c, h, wd = x_shape
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    wo = wp - k + 1
+    u = u.reshape(c, k, hp, n, wo)
+    dxp = np.zeros((c, hp, n, wp), dtype=u.dtype)
     for j in range(k):
-        dxp[:, :, :, j:j + wo] += du[:, j]
+        dxp[:, :, :, j:j + wo] += u[:, j]
     return dxp[:, pad:pad + h, :, pad:pad + wd].transpose(2, 0, 1, 3)
 
 
