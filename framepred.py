@@ -7,6 +7,8 @@ Read beside the paper (and ../shared/SPEC.md):
   section 3 (GDL)     -> kernels.numpy_ops.gdl_loss, used in g_loss
   Algorithm 1         -> train_step: a D step on one minibatch, then a G step on another
   Table 1             -> G_TABLE, D_TABLE
+then what the paper leaves to the reader: checkpoints, whole frames in tiles (predict_tiled: G on
+frames of any size in bounded memory), and the `predict` command.
 
 Parameters live in a flat dict whose keys are the checkpoint's: "G/scale{k}/conv{i}/weight", ...
 `ops` is a backend from kernels.load_backend (the NumPy reference, the fast CPU backend or CUDA);
@@ -265,169 +267,6 @@ def generator_backward(ops, params, config, dpreds, caches):
             d_up = d_up_through_g + dh                                       # up reaches h twice
             d_coarse = ops.upsample_backward(d_up, 2)
     return grads
-
-
-# ----------------------------------------------------------------------------- full frames in tiles
-# G is fully convolutional, so it runs on frames of any size whose sides divide by 8, but the
-# memory of one pass grows with the frame: at the paper's widths the unfolded columns of one
-# scale-4 convolution are 51 kB per pixel (107 GB at 1920x1088). Prediction and evaluation
-# therefore run G on overlapping tiles and keep only each tile's centre, which is exactly what G
-# computes on the whole frame: the margin around a centre covers G's receptive field
-# (receptive_radius), tile origins lie on the 8-pixel grid of the pooling of eq. 1, and a tile
-# that touches the frame's border ends there, so that its "same" convolutions pad where the
-# frame's do. Inside a tile each convolution runs on bands of rows (conv_same_in_bands), so that
-# its unfolded columns stay within a fixed share of the budget too.
-
-TILE_GRID = 8                         # d_1 averages 8x8 blocks: tiles start on multiples of 8
-DEFAULT_TILE_MEMORY = 2 ** 30         # bytes for one tiled pass of G: 1 GiB
-
-
-def receptive_radius(config):
-    """How far, in full-size pixels, G's finest prediction at a pixel reaches into its input,
-    for a tile whose origin lies on the 8-pixel grid: sum_k 2^(4-k) sum_i (kernel_ki - 1) / 2.
-
-    Why: the "same" convolutions of a tile pad its borders with zeros where the frame has
-    pixels, so values near a tile border are wrong. Each convolution of G'_k widens the wrong band
-    by its kernel's half-width, in pixels of scale k, i.e. 2^(4-k) full-size pixels; the averaging
-    d_k and the nearest upscaling u_k of eq. 1 neither widen nor narrow it when the tile's origin
-    is a multiple of 8 (a block of scale k-1 is exactly two pixels of scale k). Table 1 gives
-    8 (1+1+1+1) + 4 (2+1+1+2) + 2 (2+1+1+1+1+2) + (3+2+2+2+2+3) = 32 + 24 + 16 + 14 = 86 px.
-    tests/test_tiles.py checks it against how far NaN inputs spread through G."""
-    return sum(scale_factor(k) * sum(ks // 2 for ks in kernels)
-               for k, kernels in zip(config["scales"], config["g_kernels"]))
-
-
-def tile_margin(config):
-    """receptive_radius rounded up to the 8-pixel grid: the overlap each tile needs on every side
-    that is not the frame's border (88 px for Table 1, 16 for scale 4 alone)."""
-    return -(-receptive_radius(config) // TILE_GRID) * TILE_GRID
-
-
-def tile_values_per_pixel(config):
-    """Values held per full-size pixel of a tile and per clip while G runs on it (the model behind
-    the tile size): the tile's input (3m) and G's output and coarse guess (2 x 3n), plus the
-    largest input + output pair of one convolution, whose pixels at scale k count 1 / 4^(4-k)."""
-    m3, n3 = 3 * config["m"], 3 * config["n"]
-    largest = 0
-    for j, k in enumerate(config["scales"]):
-        c_in = m3 if j == 0 else m3 + n3
-        for c_out in config["g_maps"][j] + [n3]:
-            largest = max(largest, (c_in + c_out) / scale_factor(k) ** 2)
-            c_in = c_out
-    return m3 + 2 * n3 + largest
-
-
-def _axis_splits(length, parts, margin, grid=TILE_GRID):
-    """Split [0, length) (a multiple of grid) into `parts` centres on the grid, as even as the grid
-    allows -> [(start, stop, centre start, centre stop)]: each centre grown by margin on both sides,
-    cut at 0 and length."""
-    units = length // grid
-    cuts = [grid * (units * i // parts) for i in range(parts + 1)]
-    return [(max(0, c0 - margin), min(length, c1 + margin), c0, c1) for c0, c1 in zip(cuts, cuts[1:])]
-
-
-def tile_grid(height, width, rows, cols, margin, grid=TILE_GRID):
-    """The tiles of a rows x cols grid over a frame of height x width (multiples of grid): a list of
-    (y0, y1, x0, x1) input windows and (cy0, cy1, cx0, cx1) centres. The centres split the frame
-    as evenly as the grid allows and cover every pixel exactly once; each window is its centre
-    grown by margin on every side, cut at the frame's border."""
-    return [((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))
-            for y0, y1, cy0, cy1 in _axis_splits(height, rows, margin, grid)
-            for x0, x1, cx0, cx1 in _axis_splits(width, cols, margin, grid)]
-
-
-def tile_plan(height, width, max_pixels, margin, grid=TILE_GRID):
-    """The tile grid (tile_grid) for a frame of height x width (multiples of grid) whose largest
-    window has at most max_pixels pixels and whose windows add up to the fewest pixels (the work),
-    fewer tiles on a tie; when even 8 x 8 centres are too big for max_pixels, the grid with the
-    smallest windows. -> tile_grid's list."""
-    if height % grid or width % grid or height < grid or width < grid:
-        raise ValueError(f"tile_plan: the frame {height}x{width} must have sides that are positive multiples of {grid}")
-    axes = []
-    for length in (height, width):
-        sides = [np.array([b - a for a, b, _, _ in _axis_splits(length, n, margin, grid)])
-                 for n in range(1, length // grid + 1)]
-        axes.append((np.array([s.max() for s in sides]), np.array([s.sum() for s in sides])))
-    (big_y, sum_y), (big_x, sum_x) = axes
-    biggest = np.outer(big_y, big_x)                   # [rows - 1, cols - 1]: the largest window's pixels
-    work = np.outer(sum_y, sum_x)                      # all windows' pixels
-    count = np.outer(np.arange(1, len(big_y) + 1), np.arange(1, len(big_x) + 1))
-    fits = biggest <= max_pixels
-    if fits.any():
-        iy, ix = np.argwhere(fits)[np.lexsort((count[fits], work[fits]))[0]]
-    else:
-        iy, ix = np.unravel_index(np.argmin(biggest), biggest.shape)
-    return tile_grid(height, width, int(iy) + 1, int(ix) + 1, margin, grid)
-
-
-def conv_same_in_bands(ops, x, w, b, relu, band_bytes=None):
-    """The 'same' convolution of x (N, C_in, H, W) [followed by a ReLU], computed on bands of rows:
-    each band with its k // 2 rows above and below (zeros past the image, as 'same' pads) is
-    convolved 'valid' and written into the output rows it determines, so the unfolded columns of
-    one band (C_in k^2 per pixel) stay within band_bytes (None: one band, the whole image)."""
-    n, c_in, h, wd = x.shape
-    c_out, _, k, _ = w.shape
-    p = k // 2
-    per_row = x.dtype.itemsize * n * (wd + 2 * p) * (c_in * k * k + c_in + 2 * c_out)
-    rows = h if band_bytes is None else max(1, int(band_bytes // per_row))
-    if rows >= h:
-        return ops.conv2d_forward(x, w, b, "same", relu=relu)[0]
-    out = ops.xp.empty((n, c_out, h, wd), dtype=x.dtype)
-    for r0 in range(0, h, rows):
-        r1 = min(h, r0 + rows)
-        band = ops.xp.zeros((n, c_in, r1 - r0 + 2 * p, wd + 2 * p), dtype=x.dtype)
-        s0, s1 = max(0, r0 - p), min(h, r1 + p)
-        band[:, :, s0 - r0 + p:s1 - r0 + p, p:p + wd] = x[:, :, s0:s1]
-        out[:, :, r0:r1] = ops.conv2d_forward(band, w, b, "valid", relu=relu)[0]
-    return out
-
-
-def generator_predict(ops, params, config, X, band_bytes=None):
-    """G's finest prediction for X (N, 3m, H, W), sides divisible by 8 -> Y_hat (N, 3n, H, W):
-    generator_forward's preds[top] computed for inference only: no caches for a backward pass,
-    each activation freed as soon as the next exists, each convolution run in bands of rows
-    (conv_same_in_bands) whose columns fit band_bytes."""
-    if X.ndim != 4 or X.shape[1] != 3 * config["m"] or X.shape[2] % 8 or X.shape[3] % 8:
-        raise ValueError(f"G expects input (N, {3 * config['m']}, H, W), H and W divisible by 8, got {tuple(X.shape)}")
-    prev = None
-    for j, k in enumerate(config["scales"]):
-        up = None if prev is None else ops.upsample_forward(prev, 2)[0]        # u_k(Y_hat_(k-1))
-        h = downscale(ops, X, k) if up is None else ops.concat_forward([downscale(ops, X, k), up])[0]
-        n_layers = len(config["g_kernels"][j])
-        for i in range(1, n_layers + 1):
-            h = conv_same_in_bands(ops, h, params[f"G/scale{k}/conv{i}/weight"], params[f"G/scale{k}/conv{i}/bias"],
-                                   relu=i < n_layers, band_bytes=band_bytes)
-        prev = ops.tanh_forward(h if up is None else h + up)[0]                 # eq. 1
-    return prev
-
-
-def tile_budget(config, batch, itemsize, memory=DEFAULT_TILE_MEMORY):
-    """Split memory (bytes) for one tiled pass of G over `batch` clips of `itemsize`-byte values
-    -> (max_pixels, band_bytes): a quarter for the bands of columns of each convolution
-    (conv_same_in_bands), the rest for a tile's activations, tile_values_per_pixel per pixel and clip."""
-    band_bytes = int(memory) // 4
-    return (int(memory) - band_bytes) / (itemsize * max(int(batch), 1) * tile_values_per_pixel(config)), band_bytes
-
-
-def predict_tiled(ops, params, config, X, memory=DEFAULT_TILE_MEMORY, tiles=None):
-    """G's finest prediction for whole frames, in bounded memory: X host (N, 3m, H, W), H and W
-    divisible by 8 -> host (N, 3n, H, W) of X's dtype, equal (to float rounding) to
-    generator_forward(ops, params, config, X)[0][top].
-
-    memory (bytes, see tile_budget) bounds one pass of G; the tiles are tile_plan's cheapest grid
-    whose windows fit, unless `tiles` gives them (tile_grid's form). The N clips share each tile,
-    so the memory does not grow with N or with the frame. params: host or device arrays."""
-    n, _, height, width = X.shape
-    max_pixels, band_bytes = tile_budget(config, n, np.dtype(X.dtype).itemsize, memory)
-    if tiles is None:
-        tiles = tile_plan(height, width, max_pixels, tile_margin(config))
-    params = {key: ops.asarray(value) for key, value in params.items() if key.startswith("G/")}
-    out = np.empty((n, 3 * config["n"], height, width), dtype=X.dtype)
-    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles:
-        tile = ops.asarray(np.ascontiguousarray(X[:, :, y0:y1, x0:x1]), dtype=X.dtype)
-        Y = generator_predict(ops, params, config, tile, band_bytes)
-        out[:, :, cy0:cy1, cx0:cx1] = ops.to_host(Y[:, :, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0])
-    return out
 
 
 # ----------------------------------------------------------------------------- discriminator (2.2)
@@ -772,6 +611,169 @@ def load_checkpoint(path, expect_config=None):
 
 
 ARCHITECTURE_KEYS = ["m", "n", "patch", "scales", "g_maps", "g_kernels", "d_maps", "d_kernels", "d_fc", "d_maxpool"]
+
+
+# ----------------------------------------------------------------------------- full frames in tiles
+# G is fully convolutional, so it runs on frames of any size whose sides divide by 8, but the
+# memory of one pass grows with the frame: at the paper's widths the unfolded columns of one
+# scale-4 convolution are 51 kB per pixel (107 GB at 1920x1088). Prediction and evaluation
+# therefore run G on overlapping tiles and keep only each tile's centre, which is exactly what G
+# computes on the whole frame: the margin around a centre covers G's receptive field
+# (receptive_radius), tile origins lie on the 8-pixel grid of the pooling of eq. 1, and a tile
+# that touches the frame's border ends there, so that its "same" convolutions pad where the
+# frame's do. Inside a tile each convolution runs on bands of rows (conv_same_in_bands), so that
+# its unfolded columns stay within a fixed share of the budget too.
+
+TILE_GRID = 8                         # d_1 averages 8x8 blocks: tiles start on multiples of 8
+DEFAULT_TILE_MEMORY = 2 ** 30         # bytes for one tiled pass of G: 1 GiB
+
+
+def receptive_radius(config):
+    """How far, in full-size pixels, G's finest prediction at a pixel reaches into its input,
+    for a tile whose origin lies on the 8-pixel grid: sum_k 2^(4-k) sum_i (kernel_ki - 1) / 2.
+
+    Why: the "same" convolutions of a tile pad its borders with zeros where the frame has
+    pixels, so values near a tile border are wrong. Each convolution of G'_k widens the wrong band
+    by its kernel's half-width, in pixels of scale k, i.e. 2^(4-k) full-size pixels; the averaging
+    d_k and the nearest upscaling u_k of eq. 1 neither widen nor narrow it when the tile's origin
+    is a multiple of 8 (a block of scale k-1 is exactly two pixels of scale k). Table 1 gives
+    8 (1+1+1+1) + 4 (2+1+1+2) + 2 (2+1+1+1+1+2) + (3+2+2+2+2+3) = 32 + 24 + 16 + 14 = 86 px.
+    tests/test_tiles.py checks it against how far NaN inputs spread through G."""
+    return sum(scale_factor(k) * sum(ks // 2 for ks in kernels)
+               for k, kernels in zip(config["scales"], config["g_kernels"]))
+
+
+def tile_margin(config):
+    """receptive_radius rounded up to the 8-pixel grid: the overlap each tile needs on every side
+    that is not the frame's border (88 px for Table 1, 16 for scale 4 alone)."""
+    return -(-receptive_radius(config) // TILE_GRID) * TILE_GRID
+
+
+def tile_values_per_pixel(config):
+    """Values held per full-size pixel of a tile and per clip while G runs on it (the model behind
+    the tile size): the tile's input (3m) and G's output and coarse guess (2 x 3n), plus the
+    largest input + output pair of one convolution, whose pixels at scale k count 1 / 4^(4-k)."""
+    m3, n3 = 3 * config["m"], 3 * config["n"]
+    largest = 0
+    for j, k in enumerate(config["scales"]):
+        c_in = m3 if j == 0 else m3 + n3
+        for c_out in config["g_maps"][j] + [n3]:
+            largest = max(largest, (c_in + c_out) / scale_factor(k) ** 2)
+            c_in = c_out
+    return m3 + 2 * n3 + largest
+
+
+def _axis_splits(length, parts, margin, grid=TILE_GRID):
+    """Split [0, length) (a multiple of grid) into `parts` centres on the grid, as even as the grid
+    allows -> [(start, stop, centre start, centre stop)]: each centre grown by margin on both sides,
+    cut at 0 and length."""
+    units = length // grid
+    cuts = [grid * (units * i // parts) for i in range(parts + 1)]
+    return [(max(0, c0 - margin), min(length, c1 + margin), c0, c1) for c0, c1 in zip(cuts, cuts[1:])]
+
+
+def tile_grid(height, width, rows, cols, margin, grid=TILE_GRID):
+    """The tiles of a rows x cols grid over a frame of height x width (multiples of grid): a list of
+    (y0, y1, x0, x1) input windows and (cy0, cy1, cx0, cx1) centres. The centres split the frame
+    as evenly as the grid allows and cover every pixel exactly once; each window is its centre
+    grown by margin on every side, cut at the frame's border."""
+    return [((y0, y1, x0, x1), (cy0, cy1, cx0, cx1))
+            for y0, y1, cy0, cy1 in _axis_splits(height, rows, margin, grid)
+            for x0, x1, cx0, cx1 in _axis_splits(width, cols, margin, grid)]
+
+
+def tile_plan(height, width, max_pixels, margin, grid=TILE_GRID):
+    """The tile grid (tile_grid) for a frame of height x width (multiples of grid) whose largest
+    window has at most max_pixels pixels and whose windows add up to the fewest pixels (the work),
+    fewer tiles on a tie; when even 8 x 8 centres are too big for max_pixels, the grid with the
+    smallest windows. -> tile_grid's list."""
+    if height % grid or width % grid or height < grid or width < grid:
+        raise ValueError(f"tile_plan: the frame {height}x{width} must have sides that are positive multiples of {grid}")
+    axes = []
+    for length in (height, width):
+        sides = [np.array([b - a for a, b, _, _ in _axis_splits(length, n, margin, grid)])
+                 for n in range(1, length // grid + 1)]
+        axes.append((np.array([s.max() for s in sides]), np.array([s.sum() for s in sides])))
+    (big_y, sum_y), (big_x, sum_x) = axes
+    biggest = np.outer(big_y, big_x)                   # [rows - 1, cols - 1]: the largest window's pixels
+    work = np.outer(sum_y, sum_x)                      # all windows' pixels
+    count = np.outer(np.arange(1, len(big_y) + 1), np.arange(1, len(big_x) + 1))
+    fits = biggest <= max_pixels
+    if fits.any():
+        iy, ix = np.argwhere(fits)[np.lexsort((count[fits], work[fits]))[0]]
+    else:
+        iy, ix = np.unravel_index(np.argmin(biggest), biggest.shape)
+    return tile_grid(height, width, int(iy) + 1, int(ix) + 1, margin, grid)
+
+
+def conv_same_in_bands(ops, x, w, b, relu, band_bytes=None):
+    """The 'same' convolution of x (N, C_in, H, W) [followed by a ReLU], computed on bands of rows:
+    each band with its k // 2 rows above and below (zeros past the image, as 'same' pads) is
+    convolved 'valid' and written into the output rows it determines, so the unfolded columns of
+    one band (C_in k^2 per pixel) stay within band_bytes (None: one band, the whole image)."""
+    n, c_in, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    p = k // 2
+    per_row = x.dtype.itemsize * n * (wd + 2 * p) * (c_in * k * k + c_in + 2 * c_out)
+    rows = h if band_bytes is None else max(1, int(band_bytes // per_row))
+    if rows >= h:
+        return ops.conv2d_forward(x, w, b, "same", relu=relu)[0]
+    out = ops.xp.empty((n, c_out, h, wd), dtype=x.dtype)
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        band = ops.xp.zeros((n, c_in, r1 - r0 + 2 * p, wd + 2 * p), dtype=x.dtype)
+        s0, s1 = max(0, r0 - p), min(h, r1 + p)
+        band[:, :, s0 - r0 + p:s1 - r0 + p, p:p + wd] = x[:, :, s0:s1]
+        out[:, :, r0:r1] = ops.conv2d_forward(band, w, b, "valid", relu=relu)[0]
+    return out
+
+
+def generator_predict(ops, params, config, X, band_bytes=None):
+    """G's finest prediction for X (N, 3m, H, W), sides divisible by 8 -> Y_hat (N, 3n, H, W):
+    generator_forward's preds[top] computed for inference only: no caches for a backward pass,
+    each activation freed as soon as the next exists, each convolution run in bands of rows
+    (conv_same_in_bands) whose columns fit band_bytes."""
+    if X.ndim != 4 or X.shape[1] != 3 * config["m"] or X.shape[2] % 8 or X.shape[3] % 8:
+        raise ValueError(f"G expects input (N, {3 * config['m']}, H, W), H and W divisible by 8, got {tuple(X.shape)}")
+    prev = None
+    for j, k in enumerate(config["scales"]):
+        up = None if prev is None else ops.upsample_forward(prev, 2)[0]        # u_k(Y_hat_(k-1))
+        h = downscale(ops, X, k) if up is None else ops.concat_forward([downscale(ops, X, k), up])[0]
+        n_layers = len(config["g_kernels"][j])
+        for i in range(1, n_layers + 1):
+            h = conv_same_in_bands(ops, h, params[f"G/scale{k}/conv{i}/weight"], params[f"G/scale{k}/conv{i}/bias"],
+                                   relu=i < n_layers, band_bytes=band_bytes)
+        prev = ops.tanh_forward(h if up is None else h + up)[0]                 # eq. 1
+    return prev
+
+
+def tile_budget(config, batch, itemsize, memory=DEFAULT_TILE_MEMORY):
+    """Split memory (bytes) for one tiled pass of G over `batch` clips of `itemsize`-byte values
+    -> (max_pixels, band_bytes): a quarter for the bands of columns of each convolution
+    (conv_same_in_bands), the rest for a tile's activations, tile_values_per_pixel per pixel and clip."""
+    band_bytes = int(memory) // 4
+    return (int(memory) - band_bytes) / (itemsize * max(int(batch), 1) * tile_values_per_pixel(config)), band_bytes
+
+
+def predict_tiled(ops, params, config, X, memory=DEFAULT_TILE_MEMORY, tiles=None):
+    """G's finest prediction for whole frames, in bounded memory: X host (N, 3m, H, W), H and W
+    divisible by 8 -> host (N, 3n, H, W) of X's dtype, equal (to float rounding) to
+    generator_forward(ops, params, config, X)[0][top].
+
+    memory (bytes, see tile_budget) bounds one pass of G; the tiles are tile_plan's cheapest grid
+    whose windows fit, unless `tiles` gives them (tile_grid's form). The N clips share each tile,
+    so the memory does not grow with N or with the frame. params: host or device arrays."""
+    n, _, height, width = X.shape
+    max_pixels, band_bytes = tile_budget(config, n, np.dtype(X.dtype).itemsize, memory)
+    if tiles is None:
+        tiles = tile_plan(height, width, max_pixels, tile_margin(config))
+    params = {key: ops.asarray(value) for key, value in params.items() if key.startswith("G/")}
+    out = np.empty((n, 3 * config["n"], height, width), dtype=X.dtype)
+    for (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) in tiles:
+        tile = ops.asarray(np.ascontiguousarray(X[:, :, y0:y1, x0:x1]), dtype=X.dtype)
+        Y = generator_predict(ops, params, config, tile, band_bytes)
+        out[:, :, cy0:cy1, cx0:cx1] = ops.to_host(Y[:, :, cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0])
+    return out
 
 
 # ----------------------------------------------------------------------------- predict (command line)
