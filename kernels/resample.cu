@@ -10,115 +10,91 @@
 // GPU than 64-bit ones; cupy_ops._index_args picks `name_i32` only when every index formed stays
 // below 2^31 (see conv.cu).
 
-// avgpool forward: one thread per output element (b, ch, i, j), the mean of its f x f block.
+// Each pixel (b, ch, i, j) of the (h / f, w / f) image out is the sum of its f x f block of the
+// (h, w) image src, divided by `divisor`: one thread per output element. avgpool's forward (the
+// block's mean) and upsample's backward (the block's sum, divisor 1) are both this.
 template <typename I>
-__device__ __forceinline__ void avgpool_forward_body(const float* __restrict__ x, float* __restrict__ out,
-                                                     I n, I c, I h, I w, I f)
+__device__ __forceinline__ void sum_blocks_body(const float* __restrict__ src, float* __restrict__ out,
+                                                I n, I c, I h, I w, I f, float divisor)
 {
     const I ho = h / f, wo = w / f;
     const I total = n * c * ho * wo;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
         const I j = e % wo, i = (e / wo) % ho, bc = e / (wo * ho);   // bc = b * c + ch
-        const float* block = x + (bc * h + i * f) * w + j * f;
+        const float* block = src + (bc * h + i * f) * w + j * f;
         float sum = 0.0f;
         for (I a = 0; a < f; ++a)
             for (I d = 0; d < f; ++d)
                 sum += block[a * w + d];
-        out[e] = sum / (float)(f * f);
+        out[e] = sum / divisor;
     }
 }
 
+// avgpool forward: out (n, c, h / f, w / f), the mean of each f x f block of x.
 extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ out,
                                            long long n, long long c, long long h, long long w, long long f)
 {
-    avgpool_forward_body<long long>(x, out, n, c, h, w, f);
+    sum_blocks_body<long long>(x, out, n, c, h, w, f, (float)(f * f));
 }
 
 extern "C" __global__ void avgpool_forward_i32(const float* __restrict__ x, float* __restrict__ out,
                                                int n, int c, int h, int w, int f)
 {
-    avgpool_forward_body<int>(x, out, n, c, h, w, f);
+    sum_blocks_body<int>(x, out, n, c, h, w, f, (float)(f * f));
 }
 
-// avgpool backward: one thread per dx element (b, ch, y, x): its block's dout over f^2.
+// Each pixel (b, ch, y, x) of an (h, w) image takes the value of pixel (y / f, x / f) of the
+// (h / f, w / f) image src, divided by `divisor`: one thread per output element. avgpool's backward
+// (its block's dout over f^2) and upsample's forward (nearest neighbour, divisor 1) are both this.
 template <typename I>
-__device__ __forceinline__ void avgpool_backward_body(const float* __restrict__ dout, float* __restrict__ dx,
-                                                      I n, I c, I h, I w, I f)
+__device__ __forceinline__ void replicate_blocks_body(const float* __restrict__ src, float* __restrict__ out,
+                                                      I n, I c, I h, I w, I f, float divisor)
 {
-    const I ho = h / f, wo = w / f;
+    const I hs = h / f, ws = w / f;
     const I total = n * c * h * w;
     for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
         const I x0 = e % w, y = (e / w) % h, bc = e / (w * h);
-        dx[e] = dout[(bc * ho + y / f) * wo + x0 / f] / (float)(f * f);
+        out[e] = src[(bc * hs + y / f) * ws + x0 / f] / divisor;
     }
 }
 
+// avgpool backward: dx (n, c, h, w) from dout (n, c, h / f, w / f).
 extern "C" __global__ void avgpool_backward(const float* __restrict__ dout, float* __restrict__ dx,
                                             long long n, long long c, long long h, long long w, long long f)
 {
-    avgpool_backward_body<long long>(dout, dx, n, c, h, w, f);
+    replicate_blocks_body<long long>(dout, dx, n, c, h, w, f, (float)(f * f));
 }
 
 extern "C" __global__ void avgpool_backward_i32(const float* __restrict__ dout, float* __restrict__ dx,
                                                 int n, int c, int h, int w, int f)
 {
-    avgpool_backward_body<int>(dout, dx, n, c, h, w, f);
+    replicate_blocks_body<int>(dout, dx, n, c, h, w, f, (float)(f * f));
 }
 
-// upsample forward: one thread per output element (b, ch, y, x) of the (h, w) output, copying
-// input pixel (y / f, x / f).
-template <typename I>
-__device__ __forceinline__ void upsample_forward_body(const float* __restrict__ x, float* __restrict__ out,
-                                                      I n, I c, I h, I w, I f)
-{
-    const I hi = h / f, wi = w / f;
-    const I total = n * c * h * w;
-    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
-        const I x0 = e % w, y = (e / w) % h, bc = e / (w * h);
-        out[e] = x[(bc * hi + y / f) * wi + x0 / f];
-    }
-}
-
+// upsample forward: out (n, c, h, w) from x (n, c, h / f, w / f).
 extern "C" __global__ void upsample_forward(const float* __restrict__ x, float* __restrict__ out,
                                             long long n, long long c, long long h, long long w, long long f)
 {
-    upsample_forward_body<long long>(x, out, n, c, h, w, f);
+    replicate_blocks_body<long long>(x, out, n, c, h, w, f, 1.0f);
 }
 
 extern "C" __global__ void upsample_forward_i32(const float* __restrict__ x, float* __restrict__ out,
                                                 int n, int c, int h, int w, int f)
 {
-    upsample_forward_body<int>(x, out, n, c, h, w, f);
+    replicate_blocks_body<int>(x, out, n, c, h, w, f, 1.0f);
 }
 
-// upsample backward: one thread per dx element (b, ch, i, j), the sum of dout over its f x f block.
-template <typename I>
-__device__ __forceinline__ void upsample_backward_body(const float* __restrict__ dout, float* __restrict__ dx,
-                                                       I n, I c, I h, I w, I f)
-{
-    const I hi = h / f, wi = w / f;
-    const I total = n * c * hi * wi;
-    for (I e = (I)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += (I)blockDim.x * gridDim.x) {
-        const I j = e % wi, i = (e / wi) % hi, bc = e / (wi * hi);
-        const float* block = dout + (bc * h + i * f) * w + j * f;
-        float sum = 0.0f;
-        for (I a = 0; a < f; ++a)
-            for (I d = 0; d < f; ++d)
-                sum += block[a * w + d];
-        dx[e] = sum;
-    }
-}
-
+// upsample backward: dx (n, c, h / f, w / f), the sum of dout over each f x f block.
 extern "C" __global__ void upsample_backward(const float* __restrict__ dout, float* __restrict__ dx,
                                              long long n, long long c, long long h, long long w, long long f)
 {
-    upsample_backward_body<long long>(dout, dx, n, c, h, w, f);
+    sum_blocks_body<long long>(dout, dx, n, c, h, w, f, 1.0f);
 }
 
 extern "C" __global__ void upsample_backward_i32(const float* __restrict__ dout, float* __restrict__ dx,
                                                  int n, int c, int h, int w, int f)
 {
-    upsample_backward_body<int>(dout, dx, n, c, h, w, f);
+    sum_blocks_body<int>(dout, dx, n, c, h, w, f, 1.0f);
 }
 
 // maxpool2 forward: one thread per output element (b, ch, i, j) of (h / 2, w / 2); an odd last row
