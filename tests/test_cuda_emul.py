@@ -123,6 +123,11 @@ def test_cuda_conv2d(make_ops, mode, data):
     h, w = data.draw(st.integers(lo, 11)), data.draw(st.integers(lo, 11))
     x, wt, b = c.values((n, c_in, h, w)), c.values((c_out, c_in, k, k), 1 / k), c.values(c_out)
     relu = data.draw(st.booleans(), label="relu")
+    if relu and c.grid:
+        # On the coarse grid the pre-activations are multiples of 1/(4k) up to rounding, often 0, where
+        # the two backends' sums (in different orders) land on either side of the ReLU's kink: a bias
+        # shifted by 1/(8k) keeps every pre-activation 1/(8k) away from it.
+        b = b + np.float32(1 / (8 * k))
     out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode, relu=relu)
     out, cache = c.ops.conv2d_forward(c.dev(x), c.dev(wt), c.dev(b), mode, relu=relu)
     c.check(out, out_ref, "conv2d out", **SUMS)
