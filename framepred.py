@@ -236,17 +236,17 @@ def generator_forward(ops, params, config, X):
     for j, k in enumerate(config["scales"]):
         X_k = downscale(ops, X, k)
         if prev is None:
-            inp, up = X_k, None
+            inp, up, concat_cache = X_k, None, [X_k.shape[1]]               # scale 1: X_1 alone
         else:
             up, _ = ops.upsample_forward(prev, 2)                        # u_k(Y_hat_(k-1))
-            inp, _ = ops.concat_forward([X_k, up])
+            inp, concat_cache = ops.concat_forward([X_k, up])
         h, stack = _conv_stack_forward(ops, params, f"G/scale{k}", inp, len(config["g_kernels"][j]),
                                        "same", relu_last=False)
         if up is not None:
             h = h + up                                                   # eq. 1's residual
         prev, tanh_cache = ops.tanh_forward(h)
         preds[k] = prev
-        caches[k] = (stack, tanh_cache, X_k.shape[1])
+        caches[k] = (stack, tanh_cache, concat_cache)
     return preds, caches
 
 
@@ -257,13 +257,14 @@ def generator_backward(ops, params, config, dpreds, caches):
     scales = config["scales"]
     for j in range(len(scales) - 1, -1, -1):
         k = scales[j]
-        stack, tanh_cache, x_channels = caches[k]
+        stack, tanh_cache, concat_cache = caches[k]
         dpred = dpreds[k] if d_coarse is None else dpreds[k] + d_coarse
         dh = ops.tanh_backward(dpred, tanh_cache)                            # Y_hat_k = tanh(h)
         # h = G'_k(concat(X_k, up)) + up, up = u_k(Y_hat_(k-1)) (at scale 1: h = G'_1(X_1)). X_k is
-        # data (Skip): the stack returns the gradient of the concatenation's second part, up, alone
-        d_up_through_g = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, Skip(data=x_channels))
+        # data (Skip): the stack returns the gradient of the concatenation's parts after it, up's
+        d_after_data = _conv_stack_backward(ops, f"G/scale{k}", dh, stack, grads, Skip(data=concat_cache[0]))
         if j > 0:
+            (d_up_through_g,) = ops.concat_backward(d_after_data, concat_cache[1:])
             d_up = d_up_through_g + dh                                       # up reaches h twice
             d_coarse = ops.upsample_backward(d_up, 2)
     return grads
@@ -274,7 +275,7 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
     """D_k on concat(X_k, Y_k) (history first, section 2.2). X_k: (N, 3m, s_k, s_k), Y_k: (N, 3n, s_k, s_k)
     -> logits (N, 1) (pre-sigmoid: the BCE is computed from them), cache."""
     j = config["scales"].index(k)
-    x, _ = ops.concat_forward([X_k, Y_k])
+    x, concat_cache = ops.concat_forward([X_k, Y_k])
     h, stack = _conv_stack_forward(ops, params, f"D/scale{k}", x, len(config["d_kernels"][j]), "valid", relu_last=True)
     pool_cache = None
     if config["d_maxpool"][j]:
@@ -285,7 +286,7 @@ def discriminator_forward(ops, params, config, X_k, Y_k, k):
         h, fc_cache = ops.fc_forward(h, params[f"D/scale{k}/fc{i}/weight"], params[f"D/scale{k}/fc{i}/bias"],
                                      relu=i < n_fc)
         fc_caches.append(fc_cache)
-    return h, (stack, pool_cache, flat_cache, fc_caches, X_k.shape[1], Y_k.shape[1])
+    return h, (stack, pool_cache, flat_cache, fc_caches, concat_cache)
 
 
 def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, need_param_grads=True):
@@ -294,9 +295,9 @@ def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, 
 
     The candidate's gradient is the path of the adversarial loss into G (G step only, where D is
     held fixed and its parameter gradients are not needed)."""
-    stack, pool_cache, flat_cache, fc_caches, x_channels, y_channels = cache
+    stack, pool_cache, flat_cache, fc_caches, concat_cache = cache
     # D's input is concat(X_k, Y_k): X_k is data, and so is the candidate Y_k unless G wants its gradient
-    skip = Skip(data=x_channels if need_candidate_grad else x_channels + y_channels, params=not need_param_grads)
+    skip = Skip(data=concat_cache[0] if need_candidate_grad else sum(concat_cache), params=not need_param_grads)
     grads, d = {}, dlogits
     for i in range(len(fc_caches), 0, -1):
         d, dw, db = ops.fc_backward(d, fc_caches[i - 1], need_dw=not skip.params)
@@ -305,8 +306,11 @@ def discriminator_backward(ops, config, dlogits, cache, k, need_candidate_grad, 
     d = ops.flatten_backward(d, flat_cache)
     if pool_cache is not None:
         d = ops.maxpool2_backward(d, pool_cache)
-    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, skip)   # concat's second part, Y_k, or None
-    return grads, d
+    d = _conv_stack_backward(ops, f"D/scale{k}", d, stack, grads, skip)   # concat's parts after the data
+    if d is None:                                                             # all of D's input was data
+        return grads, None
+    (d_candidate,) = ops.concat_backward(d, concat_cache[1:])
+    return grads, d_candidate
 
 
 # ----------------------------------------------------------------------------- losses

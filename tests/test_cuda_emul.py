@@ -293,6 +293,10 @@ def test_cuda_concat_of_two_is_one_launch(make_ops, data, n, ca, cb, h, w):
     out, cache = c.ops.concat_forward([c.dev(x) for x in xs])
     c.check(out, ref.concat_forward(xs)[0], "concat of two", **EXACT)
     assert cache == [ca, cb]
+    # the model's backward: the gradient of the parts after the data channels, here the second alone
+    d_second = c.values((n, cb, h, w))
+    (got,) = c.ops.concat_backward(c.dev(d_second), cache[1:])
+    c.check(got, d_second, "concat_backward of the part after the data", **EXACT)
 
 
 @given(data=st.data(), shape=st.tuples(batch, channels, side, side))
