@@ -391,9 +391,23 @@ def _peak_rss_mib():
 
 
 # ----------------------------------------------------------------------------- the run
-def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
+def time_group(group, next_batch, n, lr_g):
+    """Seconds per iteration of a data_parallel.ProcessGroup, the minibatches drawn outside the timing."""
+    group.train_step(next_batch(), next_batch(), lr_g=lr_g)                                     # warm-up
+    seconds = 0.0
+    for _ in range(n):
+        d_batch, g_batch = next_batch(), next_batch()
+        start = time.perf_counter()
+        group.train_step(d_batch, g_batch, lr_g=lr_g)
+        seconds += time.perf_counter() - start
+    return seconds / n
+
+
+def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE, group=None):
     """Warm up with one iteration, time n, print the table and the bench line; -> exit status 0.
-    The parameters are trained by the iterations (in place), as in a run."""
+    The parameters are trained by the iterations (in place), as in a run. group: a
+    data_parallel.ProcessGroup (train_min --processes P > 1): after the table, which times this
+    process alone, n iterations of the group are timed too, and the bench line gives theirs."""
     if n < 1:
         raise ValueError(f"--bench needs at least 1 iteration, got {n}")
     batch = int(next_batch()[0].shape[0])
@@ -475,6 +489,15 @@ def run_bench(ops, params, config, next_batch, n, sgemm_shape=SGEMM_SHAPE):
     if have_gemm and tot["g"] and tot["f"] / tot["g"] * 1e3 > ref:
         print(f"warning: the step's own GEMMs ran faster ({tot['f'] / tot['g'] * 1e3:.1f} GFLOP/s) than the "
               f"reference: the machine was busier while it was measured, and the ratio reads high")
+    extra = ""
+    if group is not None:
+        one = ms_step
+        ms_step = time_group(group, next_batch, n, lr_g) * 1e3
+        gflops = gflop / (ms_step / 1e3)
+        extra = f" processes={group.processes}"
+        print(f"{group.processes} worker processes of one core each, {n} iteration{'s' * (n != 1)} after 1 warm-up: "
+              f"{ms_step:.1f} ms/step (this process alone, with the table: {one:.1f} ms/step); "
+              f"peak_rss_mib is this process's, each worker holds a model of its own")
     print(f"bench: ms_per_step={ms_step:.1f} gflop_per_step={gflop:.2f} gflops={gflops:.2f} "
-          f"sgemm_gflops={ref:.2f} ratio={gflops / ref:.3f} peak_rss_mib={peak_rss:.0f}", flush=True)
+          f"sgemm_gflops={ref:.2f} ratio={gflops / ref:.3f} peak_rss_mib={peak_rss:.0f}{extra}", flush=True)
     return 0

@@ -431,7 +431,8 @@ def adam_update(params, grads, lr, state, ops=None):
                          lr, *ADAM_BETAS, ADAM_EPS, state["t"])
 
 
-def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None):
+def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None,
+               average=None):
     """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches (d_batch
     is not used, and may be None, when D does not train).
 
@@ -443,6 +444,8 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
     during G's warm-up so that it can already tell G's predictions from the truth when its term
     joins G's loss. Returns the loss terms and D's accuracies, for logging (backend scalars: read_log
     reads them). D's loss is d_loss, or d_loss_batched (the same value in one pass of D over 2N samples) when the backend asks for it.
+    average: None, or in a worker of data_parallel.ProcessGroup, a function that turns the gradients
+    of this process's share of the minibatch into those of the whole minibatch before each update.
     """
     log = {}
     use_adv = bool(config["lam_adv"]) and adversarial
@@ -452,12 +455,12 @@ def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None,
         preds, _ = generator_forward(ops, params, config, X)
         loss_fn = d_loss_batched if getattr(ops, "batch_d_terms", False) else d_loss
         log["d_loss"], grads, log["d_acc_real"], log["d_acc_fake"] = loss_fn(ops, params, config, X, Y, preds)
-        _update(ops, params, grads, lr_d, opt, "D")
+        _update(ops, params, average(grads) if average else grads, lr_d, opt, "D")
     X, Y = g_batch
     preds, caches = generator_forward(ops, params, config, X)
     terms, dpreds = g_loss(ops, params, config, X, Y, preds, use_adv=use_adv)
     grads = generator_backward(ops, params, config, dpreds, caches)
-    _update(ops, params, grads, lr_g, opt, "G")
+    _update(ops, params, average(grads) if average else grads, lr_g, opt, "G")
     log.update({"g_" + name: value for name, value in terms.items()})
     return log
 

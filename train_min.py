@@ -26,6 +26,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 
 import data
+import data_parallel
 import framepred as fp
 import metrics
 from kernels import DEVICES, BackendError, load_backend
@@ -77,6 +78,10 @@ def build_parser():
                    help="auto takes the GPU when CuPy sees one, else the CPU; cpu: the fast CPU backend; "
                         "reference: the plain NumPy reference, kernels/numpy_ops.py (slower, for reading "
                         "and checking) (default: %(default)s)")
+    p.add_argument("--processes", type=fp.int_at_least(0), default=0, metavar="P",
+                   help="on the CPU, P worker processes of one core each share every minibatch "
+                        "(data_parallel.py); 0: one per core, at most the minibatch's samples; 1 on a GPU. "
+                        "A resumed run keeps its own unless given (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
@@ -136,7 +141,7 @@ def build_parser():
                    help="held-out clips per evaluation (default: %(default)s)")
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
-                        "only --steps, --device, --log-every, --eval-every and --ckpt-every may change")
+                        "only --steps, --device, --processes, --log-every, --eval-every and --ckpt-every may change")
     p.add_argument("--init", metavar="RUN", default=None,
                    help="start from a run's G (its folder or its checkpoint.npz), and its D when the patch size "
                         "matches, e.g. 64x64 fine-tuning")
@@ -294,7 +299,7 @@ def make_optimizer(ops, params, args, saved=None):
 
 # Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
 # and a different value on the command line is refused (RunError) rather than silently dropped.
-RESUME_APPLIED = ("steps", "device", "log_every", "eval_every", "ckpt_every")
+RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every")
 NOT_WITH_RESUME = ("out", "force", "init", "bench")
 CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
 
@@ -346,7 +351,7 @@ def resume_run(args, given=frozenset()):
                        f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
-                              ("d_in_warmup", False), ("warmup_batch", None)):
+                              ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -499,6 +504,32 @@ def progress_line(step, total, log, rate, config, scores=None):
     return " | ".join(parts)
 
 
+def choose_processes(args, ops, batch_sizes, given=frozenset()):
+    """--processes, 0 resolved (data_parallel.auto_processes); RunError where P processes cannot be
+    used. A GPU trains in one process (a resumed CPU run's number is then dropped)."""
+    if not args.processes or (ops.name == "gpu" and "processes" not in given):
+        return data_parallel.auto_processes(ops, batch_sizes)
+    if args.processes > 1 and ops.name == "gpu":
+        raise RunError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
+    if args.processes > min(batch_sizes):
+        raise RunError(f"--processes {args.processes}: each process needs a sample of every minibatch, "
+                       f"and the smallest has {min(batch_sizes)}")
+    return args.processes
+
+
+def start_group(processes, ops, params, config, opt):
+    """The worker processes for `processes` > 1, saying so; None for one process."""
+    if processes <= 1:
+        return None
+    print(f"{processes} worker processes of one core each share every minibatch (--processes; "
+          f"data_parallel.py)", flush=True)
+    try:
+        return data_parallel.ProcessGroup(processes, ops.name, params, config, opt)
+    except OSError as e:
+        raise RunError(f"--processes {processes}: cannot start the worker processes ({e}); "
+                       f"--processes 1 trains in this process alone") from e
+
+
 def set_up_run(args, given, ops):
     """A new run or a resumed one -> (args, params, config, start step, data rng, Adam state or None)."""
     if args.resume:
@@ -573,9 +604,16 @@ def run(args, given=frozenset()):
         g_alone = bool(config["lam_adv"]) and not adversarial and not train_d
         return adversarial, train_d, ([batch] if train_d else []) + [args.warmup_batch if g_alone else batch]
 
+    # the number resolved is saved with the run: a resumed run keeps it, and so sums in the same order
+    processes = args.processes = choose_processes(args, ops, {batch, args.warmup_batch}, given)
     if args.bench:
         import bench
-        return bench.run_bench(ops, params, config, next_batch, args.bench)
+        group = start_group(processes, ops, params, config, opt)
+        try:
+            return bench.run_bench(ops, params, config, next_batch, args.bench, group=group)
+        finally:
+            if group:
+                group.close()
 
     try:
         os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
@@ -611,6 +649,7 @@ def run(args, given=frozenset()):
         print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
               f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
     step, last_saved, g_batch = start, start, None
+    group = start_group(processes, ops, params, config, opt)       # None in one process
     draws = BatchPrefetcher(source, rng, m, n, config["patch"])
     draws.request(step_batch_sizes(step)[2])
     meter = RecentRate(start, time.time())
@@ -631,9 +670,12 @@ def run(args, given=frozenset()):
             d_batch = d_batch[0] if train_d else None          # D's minibatch, only when D trains
             if step + 1 < total:
                 draws.request(step_batch_sizes(step + 1)[2])    # drawn while this step runs
-            log = fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch,
-                                                 lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d,
-                                                 opt=opt, adversarial=adversarial, train_d=train_d))
+            step_args = dict(lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d,
+                             adversarial=adversarial, train_d=train_d)
+            if group:
+                log = group.train_step(d_batch, g_batch, **step_args)
+            else:
+                log = fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch, opt=opt, **step_args))
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "
@@ -646,17 +688,26 @@ def run(args, given=frozenset()):
             count += 1
             if step % args.log_every == 0 or step == total:
                 print(progress_line(step, total, log, meter.update(step, time.time()), config, scores), flush=True)
+            if group and (step % args.eval_every == 0 or step % args.ckpt_every == 0 or step == total):
+                group.pull(params, opt)                 # the workers' weights, for the evaluation and checkpoint
             if step % args.eval_every == 0 or step == total:
                 grid(step, *(ops.to_host(a) for a in g_batch))
                 scores = evaluation(step)
             if step % args.ckpt_every == 0 or step == total:
                 save_run(args.out, ops, params, config, step, draws.rng_before_pending(), args, opt)
                 last_saved = step
+        if group and stop["now"]:
+            group.pull(params, opt)                     # for the checkpoint and grid below
     except KeyboardInterrupt:
         print(f"\naborted during step {step + 1}; {args.out}/checkpoint.npz holds step {last_saved}", file=sys.stderr)
         return 130
+    except data_parallel.WorkerError as e:
+        raise RunError(f"{e}\nThe last good checkpoint is {args.out}/checkpoint.npz (step {last_saved}); "
+                       f"--processes 1 trains in this process alone") from e
     finally:
         draws.close()
+        if group:
+            group.close()
         signal.signal(signal.SIGINT, previous_handlers[0])
         signal.signal(signal.SIGTERM, previous_handlers[1])
     if stop["now"]:

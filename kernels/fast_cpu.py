@@ -81,6 +81,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def set_threads(count):
+    """Use `count` threads (this backend's copies; BLAS has its own setting): data_parallel's
+    workers run one each."""
+    global _CORES, _pool
+    _CORES, _pool = max(1, int(count)), None
+
+
 def _on_all_cores(fn, length, size):
     """fn(part) for `part` slices that cover range(length), one per core, in threads, when the work
     (`size` elements) is large; else fn(slice(None)) here. For the unfolding copies and the folding

@@ -18,7 +18,7 @@ CPU_BACKENDS = [pytest.param(ops, id="fast_cpu"), pytest.param(ref, id="referenc
 
 SUMS = dict(atol=1e-4, rtol=1e-4)       # float32 GEMMs, as in test_cuda_emul
 LINE = re.compile(r"^bench: ms_per_step=[\d.]+ gflop_per_step=[\d.]+ gflops=[\d.]+ "
-                  r"sgemm_gflops=[\d.]+ ratio=[\d.]+ peak_rss_mib=\d+$")
+                  r"sgemm_gflops=[\d.]+ ratio=[\d.]+ peak_rss_mib=\d+( processes=(\d+))?$")
 
 
 # --------------------------------------------------------------------------- analytic work
@@ -68,13 +68,18 @@ def test_run_bench_line_and_restores(capsys):
     assert ops._gemm is gemm and ops._unfold is unfold
 
 
-@pytest.mark.parametrize("device", ["cpu", "reference"])
-def test_train_min_bench_flag(capsys, device):
-    code = train_min.main(["--bench", "1", "--width", "0.03125", "--batch", "2", "--device", device])
+@pytest.mark.parametrize("device, processes", [("cpu", "1"), ("cpu", "2"), ("reference", "0")])
+def test_train_min_bench_flag(capsys, device, processes):
+    code = train_min.main(["--bench", "1", "--width", "0.03125", "--batch", "2", "--device", device,
+                           "--processes", processes])
     assert code == 0
     out = capsys.readouterr().out
-    assert LINE.match(out.strip().splitlines()[-1])
-    assert f"backend {device}" in out
+    line = LINE.match(out.strip().splitlines()[-1])
+    assert line and f"backend {device}" in out
+    if processes == "2":       # the group timed after the table, and the line gives its figure
+        assert line.group(2) == "2" and "2 worker processes of one core each, 1 iteration after" in out
+    else:                      # one process ('0' on the reference backend means one too)
+        assert line.group(1) is None and "worker processes" not in out
 
 
 # --------------------------------------------------------------------------- the speed paths

@@ -225,7 +225,7 @@ def test_device_reference_trains_predicts_and_evaluates_like_cpu(tmp_path, capsy
     for device in ("cpu", "reference"):
         runs[device] = str(tmp_path / f"run_{device}")
         argv = ["--out", runs[device], "--loss", "gdl_l1", "--steps", "2", "--eval-every", "100"] + TINY
-        assert train_min.main(argv[:-1] + [device]) == 0                   # TINY ends with --device cpu
+        assert train_min.main(argv + ["--device", device]) == 0             # the last --device counts
     assert "reference: G" in capsys.readouterr().out                     # train_min names the backend
     # the held-out scores and mean losses of the two runs (Adam's steps, +-rho each, turn float32
     # rounding into parameter differences of up to ~rho, so the parameters are not compared)

@@ -13,7 +13,8 @@ import framepred as fp
 import train_min
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--width", "0.03125", "--batch", "2", "--eval-clips", "2", "--log-every", "1", "--device", "cpu"]
+TINY = ["--width", "0.03125", "--batch", "2", "--eval-clips", "2", "--log-every", "1", "--device", "cpu",
+        "--processes", "1"]   # data_parallel: tests/test_data_parallel.py
 
 
 def usable_gpu():

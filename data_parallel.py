@@ -1,0 +1,237 @@
+"""Data parallelism over processes, for training on the CPU (`train_min.py --processes`).
+
+Speed, not the paper. One process with a BLAS thread per core leaves the other cores idle through
+everything between the GEMMs (the Python, NumPy's elementwise work), and splits the small
+preset's thin GEMMs poorly. So P worker processes, one core each, run Algorithm 1's iteration
+(framepred.train_step) on their shares of each minibatch, and before each update the gradients are
+averaged over the shares, weighted by their sizes: every loss is a mean over its minibatch, so
+this is the gradient of the whole minibatch. Each worker then applies the same update to the same
+numbers, so the workers' parameters stay identical without ever being sent; the main process asks
+worker 0 for them when it evaluates or saves (`pull`).
+
+The exchange (GradientExchange.average): each worker writes its weighted gradients into its row of
+a shared array, waits at a barrier for the others, then adds the rows in the same order as every
+other worker. Two such arrays are used in turn, so a worker can write the next exchange while a
+slower one still reads the last one (it cannot get further ahead: it waits at the next barrier).
+"""
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import traceback
+
+import numpy as np
+
+import framepred as fp
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed or died; the message says which and why."""
+
+
+def share_slices(batch, processes):
+    """The rows of a minibatch of `batch` samples that each of `processes` workers takes: sizes as
+    equal as they can be, the larger ones first."""
+    base, extra = divmod(batch, processes)
+    ends = np.cumsum([base + (rank < extra) for rank in range(processes)])
+    return [slice(int(end - base - (rank < extra)), int(end)) for rank, end in enumerate(ends)]
+
+
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def auto_processes(ops, batch_sizes, cores=None):
+    """--processes 0 (auto): one worker per core on the fast CPU backend, as many as the smallest
+    minibatch has samples; 1 on the GPU and the reference backend (which is for reading)."""
+    if getattr(ops, "name", None) != "cpu":
+        return 1
+    return max(1, min([cores or available_cores()] + [int(b) for b in batch_sizes]))
+
+
+class GradientExchange:
+    """The shared memory and the barrier of P workers. average(grads) in worker `rank` (set in the
+    worker) returns the sum over the workers of each one's grads times its weight for that network."""
+
+    def __init__(self, context, params, processes):
+        keys = [key for key in params if key.startswith("G/")] + [key for key in params if not key.startswith("G/")]
+        self.offsets, offset = {}, 0
+        for key in keys:
+            self.offsets[key] = (offset, tuple(params[key].shape))
+            offset += int(np.prod(params[key].shape))
+        self.dtype, self.length, self.processes = np.dtype(params[keys[0]].dtype), offset, processes
+        nbytes = processes * offset * self.dtype.itemsize
+        self.buffers = [context.RawArray("b", nbytes) for _ in range(2)]
+        self.barrier = context.Barrier(processes)
+        self.rank, self.weights, self.turn = None, {}, 0
+
+    def average(self, grads):
+        rows = np.frombuffer(self.buffers[self.turn], self.dtype).reshape(self.processes, self.length)
+        self.turn ^= 1
+        keys = list(grads)
+        weight = self.weights[keys[0].split("/")[0]]            # 'G' or 'D': each call holds one network
+        spans = [self.offsets[key] for key in keys]
+        start = min(offset for offset, _ in spans)
+        end = max(offset + int(np.prod(shape)) for offset, shape in spans)
+        mine = rows[self.rank]
+        for key, (offset, shape) in zip(keys, spans):
+            np.multiply(grads[key].reshape(-1), weight, out=mine[offset:offset + grads[key].size])
+        self.barrier.wait()
+        total = np.add.reduce(rows[:, start:end], axis=0)        # row 0 + row 1 + ...: the same order everywhere
+        return {key: total[offset - start:offset - start + int(np.prod(shape))].reshape(shape)
+                for key, (offset, shape) in zip(keys, spans)}
+
+
+def _worker(rank, conn, exchange, backend, params, config, opt):
+    """One worker's loop: ('step', (d_share, g_share, weights, kwargs)) -> ('ok', log);
+    ('state', None) -> ('ok', (params, opt)); None or a closed pipe -> exit."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it finishes the step
+    from kernels import load_backend
+    ops = load_backend(backend, verbose=False)
+    if hasattr(ops, "set_threads"):
+        ops.set_threads(1)
+    exchange.rank = rank
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        kind, payload = message
+        try:
+            if kind == "step":
+                d_share, g_share, exchange.weights, kwargs = payload
+                log = fp.train_step(ops, params, config, d_share, g_share, opt=opt, average=exchange.average, **kwargs)
+                conn.send(("ok", fp.read_log(ops, log)))
+            else:
+                conn.send(("ok", (params, opt)))
+        except BaseException:
+            exchange.barrier.abort()                   # the others stop waiting for this one
+            conn.send(("error", traceback.format_exc()))
+            return
+
+
+class ProcessGroup:
+    """P worker processes, each with its own copy of params, config and the optimiser's state, that
+    train as one: group.train_step(d_batch, g_batch, lr_g=..., ...) is framepred.train_step on the
+    whole minibatches (up to float rounding: sums are formed in another order) and returns its log.
+    Use as a context manager, or call close()."""
+
+    def __init__(self, processes, backend, params, config, opt=None):
+        context = multiprocessing.get_context("spawn")      # fresh interpreters: no threads or locks copied
+        self.processes = processes
+        self.exchange = GradientExchange(context, params, processes)
+        host = {key: np.asarray(value) for key, value in params.items()}
+        self.conns, self.workers = [], []
+        saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+        os.environ.update({name: "1" for name in BLAS_THREAD_VARIABLES})   # read by BLAS as it loads
+        try:
+            for rank in range(processes):
+                mine, theirs = context.Pipe()
+                worker = context.Process(target=_worker, args=(rank, theirs, self.exchange, backend, host, config, opt),
+                                         name=f"framepred-worker-{rank}", daemon=True)
+                worker.start()
+                theirs.close()
+                self.conns.append(mine)
+                self.workers.append(worker)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def train_step(self, d_batch, g_batch, **kwargs):
+        """framepred.train_step(ops, params, config, d_batch, g_batch, **kwargs) over the workers ->
+        the log as Python floats (framepred.read_log's), each term the mean over the whole minibatch."""
+        d_slices = share_slices(len(d_batch[0]), self.processes) if d_batch is not None else [None] * self.processes
+        g_slices = share_slices(len(g_batch[0]), self.processes)
+        for rank, (d_part, g_part) in enumerate(zip(d_slices, g_slices)):
+            weights = {"G": (g_part.stop - g_part.start) / len(g_batch[0])}
+            if d_part is not None:
+                weights["D"] = (d_part.stop - d_part.start) / len(d_batch[0])
+            d_share = None if d_part is None else tuple(np.asarray(a[d_part]) for a in d_batch)
+            self._send(rank, ("step", (d_share, tuple(np.asarray(a[g_part]) for a in g_batch), weights, kwargs)))
+        logs = self._receive_all()
+        total = {}
+        for log, d_part, g_part in zip(logs, d_slices, g_slices):
+            for key, value in log.items():
+                part, batch = (d_part, d_batch) if key.startswith("d_") else (g_part, g_batch)
+                total[key] = total.get(key, 0.0) + value * (part.stop - part.start) / len(batch[0])
+        return total
+
+    def pull(self, params, opt=None, rank=0):
+        """Copy a worker's parameters (and optimiser state) into params (and opt), in place."""
+        self._send(rank, ("state", None))
+        (theirs, their_opt), = self._receive_all([rank])
+        for key, value in theirs.items():
+            params[key][...] = value
+        for net, state in (opt or {}).items():
+            state["t"] = their_opt[net]["t"]
+            for moment in ("m", "v"):
+                for key, value in their_opt[net][moment].items():
+                    state[moment][key][...] = value
+
+    def _receive_all(self, ranks=None):
+        """Each worker's answer, in rank order; WorkerError if one fails or dies first."""
+        ranks = list(range(self.processes)) if ranks is None else ranks
+        answers, waiting = {}, set(ranks)
+        while waiting:
+            ready = multiprocessing.connection.wait([self.conns[r] for r in waiting] +
+                                                    [self.workers[r].sentinel for r in range(self.processes)])
+            for rank in sorted(waiting):
+                if self.conns[rank] in ready or self.conns[rank].poll():
+                    try:
+                        status, value = self.conns[rank].recv()
+                    except (EOFError, OSError):
+                        status, value = "error", "its pipe closed"
+                    if status != "ok":
+                        self.close()
+                        raise WorkerError(f"worker process {rank} failed:\n{value}")
+                    answers[rank] = value
+                    waiting.discard(rank)
+            dead = [r for r, w in enumerate(self.workers) if not w.is_alive()]
+            if dead and waiting:
+                raise self._died(dead[0])
+        return [answers[r] for r in ranks]
+
+    def _send(self, rank, message):
+        try:
+            self.conns[rank].send(message)
+        except OSError:                                 # its end of the pipe is gone: the worker with it
+            self.workers[rank].join(timeout=5)
+            raise self._died(rank) from None
+
+    def _died(self, rank):
+        code = self.workers[rank].exitcode
+        self.close()
+        return WorkerError(f"worker process {rank} died (exit code {code}"
+                           + (": killed, perhaps for lack of memory" if code == -9 else "") + ")")
+
+    def close(self):
+        """Stop the workers (at once if they do not stop within a few seconds)."""
+        self.exchange.barrier.abort()
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self.workers:
+            worker.join(timeout=5)
+            if worker.is_alive():
+                worker.terminate()
+                worker.join()
+        for conn in self.conns:
+            conn.close()
+        self.conns, self.workers = [], []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# BLAS libraries read these when they load: one thread per worker process.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
