@@ -26,25 +26,39 @@ import framepred as fp
 
 
 class WorkerError(RuntimeError):
-    """A worker process failed or died; the message says which and why."""
+    """A worker process failed or died; the message says which and why (the exception's last line),
+    `details` holds the worker's whole traceback."""
+
+    def __init__(self, message, details=""):
+        super().__init__(message)
+        self.details = details
 
 
 def share_slices(batch, processes):
     """The rows of a minibatch of `batch` samples that each of `processes` workers takes: sizes as
     equal as they can be, the larger ones first."""
     base, extra = divmod(batch, processes)
-    ends = np.cumsum([base + (rank < extra) for rank in range(processes)])
-    return [slice(int(end - base - (rank < extra)), int(end)) for rank, end in enumerate(ends)]
+    sizes = [base + (rank < extra) for rank in range(processes)]
+    ends = np.cumsum(sizes)
+    return [slice(int(end - size), int(end)) for size, end in zip(sizes, ends)]
 
 
 def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def auto_processes(ops, batch_sizes, cores=None):
-    """--processes 0 (auto): one worker per core on the fast CPU backend, as many as the smallest
-    minibatch has samples; 1 on the GPU and the reference backend (which is for reading)."""
-    if getattr(ops, "name", None) != "cpu":
+# Measured on 2 cores (README "Speed"): at 1/8 of the paper's widths two workers step 15-25% faster
+# than one process with two BLAS threads; at the paper's widths, whose large GEMMs split well across
+# threads, no faster (5445 against 5185 ms per adv_gdl iteration), with a model and caches per worker.
+THIN_WIDTH = 0.25
+
+
+def auto_processes(ops, config, batch_sizes, cores=None):
+    """--processes 0 (auto): one worker per core on the fast CPU backend for models of at most
+    THIN_WIDTH of the paper's widths, as many as the smallest minibatch has samples; else 1 (the
+    GPU, the reference backend, which is for reading, and the wide models)."""
+    widths = [config["width"], config.get("d_width") or config["width"]]
+    if getattr(ops, "name", None) != "cpu" or max(widths) > THIN_WIDTH:
         return 1
     return max(1, min([cores or available_cores()] + [int(b) for b in batch_sizes]))
 
@@ -188,7 +202,8 @@ class ProcessGroup:
                         status, value = "error", "its pipe closed"
                     if status != "ok":
                         self.close()
-                        raise WorkerError(f"worker process {rank} failed:\n{value}")
+                        last = value.strip().splitlines()[-1] if value.strip() else value
+                        raise WorkerError(f"worker process {rank} failed: {last}", details=value)
                     answers[rank] = value
                     waiting.discard(rank)
             dead = [r for r, w in enumerate(self.workers) if not w.is_alive()]

@@ -38,15 +38,17 @@ from kernels import DEVICES, BackendError, load_backend
 # over copying the last frame and 1.7 dB below it in sharpness; with Adam +3.3 dB and +0.2 dB.
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0),
-    # steps: about 10 minutes on 2 cores each: 8000 G steps at batch 4; for the adversarial losses
-    # 5400 G-alone steps at batch 4 (--warmup-batch), then 600 adversarial iterations at batch 8,
-    # each about 4x the time of a G-alone step. warmup: the fraction of an adversarial run in which
+    # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
+    # batch 4; for the adversarial losses 6750 G-alone steps at batch 4 (--warmup-batch), then 750
+    # adversarial iterations at batch 8, each about 4x the time of a G-alone step. (With one process
+    # the 10 minutes held 8000 and 6000; on the validation draw the longer runs scored +0.02 / +0.24 dB
+    # PSNR and +0.15 / +0.13 dB sharpness, gdl_l1 / adv_gdl.) warmup: the fraction of an adversarial run in which
     # G trains alone on l_p + GDL before D joins. On the validation draw, a 5000-step warm-up at
     # batch 4 beat the former 2400 at batch 8 (+0.11 dB PSNR, +0.08 dB sharpness), and giving D
     # 1000 iterations instead of 600 (from a 4000-step warm-up) scored lower (-0.07, -0.10 dB).
     # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
     # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
-    "small": dict(width=1 / 8, steps=8000, steps_adv=6000, optimizer="adam", init_last="torch", warmup=0.9,
+    "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
                   d_in_warmup=False),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
@@ -80,7 +82,8 @@ def build_parser():
                         "and checking) (default: %(default)s)")
     p.add_argument("--processes", type=fp.int_at_least(0), default=0, metavar="P",
                    help="on the CPU, P worker processes of one core each share every minibatch "
-                        "(data_parallel.py); 0: one per core, at most the minibatch's samples; 1 on a GPU. "
+                        "(data_parallel.py); 0: one per core, at most the minibatch's samples, for widths up to "
+                        "1/4 of the paper's (the small preset), else 1. "
                         "A resumed run keeps its own unless given (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
@@ -504,11 +507,11 @@ def progress_line(step, total, log, rate, config, scores=None):
     return " | ".join(parts)
 
 
-def choose_processes(args, ops, batch_sizes, given=frozenset()):
+def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
     """--processes, 0 resolved (data_parallel.auto_processes); RunError where P processes cannot be
     used. A GPU trains in one process (a resumed CPU run's number is then dropped)."""
     if not args.processes or (ops.name == "gpu" and "processes" not in given):
-        return data_parallel.auto_processes(ops, batch_sizes)
+        return data_parallel.auto_processes(ops, config, batch_sizes)
     if args.processes > 1 and ops.name == "gpu":
         raise RunError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
     if args.processes > min(batch_sizes):
@@ -605,7 +608,7 @@ def run(args, given=frozenset()):
         return adversarial, train_d, ([batch] if train_d else []) + [args.warmup_batch if g_alone else batch]
 
     # the number resolved is saved with the run: a resumed run keeps it, and so sums in the same order
-    processes = args.processes = choose_processes(args, ops, {batch, args.warmup_batch}, given)
+    processes = args.processes = choose_processes(args, ops, config, {batch, args.warmup_batch}, given)
     if args.bench:
         import bench
         group = start_group(processes, ops, params, config, opt)

@@ -41,15 +41,18 @@ def test_share_slices_cover_the_minibatch_evenly(batch, data):
     assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
 
 
-def test_auto_processes_one_per_core_on_the_fast_cpu_backend_only():
-    assert dp.auto_processes(fast_cpu, [8, 4], cores=2) == 2
-    assert dp.auto_processes(fast_cpu, [8, 4], cores=16) == 4       # no more than the smallest minibatch
-    assert dp.auto_processes(fast_cpu, [1], cores=2) == 1
-    assert dp.auto_processes(numpy_ops, [8], cores=2) == 1
+def test_auto_processes_one_per_core_for_thin_models_on_the_fast_cpu_backend():
+    small, paper = fp.make_config(width=1 / 8), fp.make_config(width=1.0)
+    assert dp.auto_processes(fast_cpu, small, [8, 4], cores=2) == 2
+    assert dp.auto_processes(fast_cpu, small, [8, 4], cores=16) == 4       # no more than the smallest minibatch
+    assert dp.auto_processes(fast_cpu, small, [1], cores=2) == 1
+    assert dp.auto_processes(fast_cpu, paper, [8], cores=2) == 1           # wide GEMMs: BLAS threads do as well
+    assert dp.auto_processes(fast_cpu, fp.make_config(width=1 / 8, d_width=1.0), [8], cores=2) == 1
+    assert dp.auto_processes(numpy_ops, small, [8], cores=2) == 1
 
     class Gpu:
         name = "gpu"
-    assert dp.auto_processes(Gpu(), [8], cores=2) == 1
+    assert dp.auto_processes(Gpu(), small, [8], cores=2) == 1
 
 
 @pytest.mark.parametrize("adversarial", [True, False])
@@ -101,8 +104,9 @@ def test_a_failing_worker_is_reported_and_the_group_stops():
     group = dp.ProcessGroup(2, "cpu", params, CONFIG)
     workers = list(group.workers)
     X, Y = minibatch(rng, 2, np.float32)
-    with pytest.raises(dp.WorkerError, match=r"worker process \d failed:(.|\n)*Error"):
+    with pytest.raises(dp.WorkerError, match=r"^worker process \d failed: \w+Error: [^\n]+$") as failure:
         group.train_step(None, (X[:, :11], Y), lr_g=1e-3, adversarial=False)     # 11 channels, not 12
+    assert failure.value.details.startswith("Traceback") and "train_step" in failure.value.details
     for worker in workers:
         worker.join(timeout=10)
         assert not worker.is_alive()
