@@ -14,15 +14,21 @@ a shared array, waits at a barrier for the others, then adds the rows in the sam
 other worker. Two such arrays are used in turn, so a worker can write the next exchange while a
 slower one still reads the last one (it cannot get further ahead: it waits at the next barrier).
 """
+import functools
 import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import threading
+import time
 import traceback
 
 import numpy as np
 
 import framepred as fp
+
+# BLAS libraries read these when they load: one thread per worker process.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class WorkerError(RuntimeError):
@@ -64,8 +70,9 @@ def auto_processes(ops, config, batch_sizes, cores=None):
 
 
 class GradientExchange:
-    """The shared memory and the barrier of P workers. average(grads) in worker `rank` (set in the
-    worker) returns the sum over the workers of each one's grads times its weight for that network."""
+    """The shared memory and the barrier of P workers. In worker `rank` (set in the worker),
+    average(grads, weights) returns the sum over the workers of each one's grads times its weight
+    for that network ('G' or 'D'): the average over the whole minibatch."""
 
     def __init__(self, context, params, processes):
         keys = [key for key in params if key.startswith("G/")] + [key for key in params if not key.startswith("G/")]
@@ -77,13 +84,13 @@ class GradientExchange:
         nbytes = processes * offset * self.dtype.itemsize
         self.buffers = [context.RawArray("b", nbytes) for _ in range(2)]
         self.barrier = context.Barrier(processes)
-        self.rank, self.weights, self.turn = None, {}, 0
+        self.rank, self.turn = None, 0
 
-    def average(self, grads):
+    def average(self, grads, weights):
         rows = np.frombuffer(self.buffers[self.turn], self.dtype).reshape(self.processes, self.length)
         self.turn ^= 1
         keys = list(grads)
-        weight = self.weights[keys[0].split("/")[0]]            # 'G' or 'D': each call holds one network
+        weight = weights[keys[0].split("/")[0]]                 # each call holds one network's gradients
         spans = [self.offsets[key] for key in keys]
         start = min(offset for offset, _ in spans)
         end = max(offset + int(np.prod(shape)) for offset, shape in spans)
@@ -98,31 +105,41 @@ class GradientExchange:
 
 def _worker(rank, conn, exchange, backend, params, config, opt):
     """One worker's loop: ('step', (d_share, g_share, weights, kwargs)) -> ('ok', log);
-    ('state', None) -> ('ok', (params, opt)); None or a closed pipe -> exit."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)       # Ctrl-C is the main process's: it finishes the step
-    from kernels import load_backend
-    ops = load_backend(backend, verbose=False)
-    if hasattr(ops, "set_threads"):
-        ops.set_threads(1)
+    ('state', None) -> ('ok', (params, opt)); None or a closed pipe -> exit. It answers ('ok', None)
+    once it is ready; a failure answers ('error', traceback), or ('aborted', ...) in a worker that
+    was only waiting at the barrier when another failed."""
+    # Ctrl-C (SIGINT) and a SIGTERM sent to the whole process group are the main process's to
+    # handle: it finishes the step, saves and closes the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     exchange.rank = rank
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            return
-        if message is None:
-            return
+    message = ("ready", None)
+    while message is not None:
         kind, payload = message
         try:
-            if kind == "step":
-                d_share, g_share, exchange.weights, kwargs = payload
-                log = fp.train_step(ops, params, config, d_share, g_share, opt=opt, average=exchange.average, **kwargs)
+            if kind == "ready":
+                from kernels import load_backend
+                ops = load_backend(backend, verbose=False)
+                if hasattr(ops, "set_threads"):
+                    ops.set_threads(1)
+                conn.send(("ok", None))
+            elif kind == "step":
+                d_share, g_share, weights, kwargs = payload
+                log = fp.train_step(ops, params, config, d_share, g_share, opt=opt,
+                                    average=functools.partial(exchange.average, weights=weights), **kwargs)
                 conn.send(("ok", fp.read_log(ops, log)))
             else:
                 conn.send(("ok", (params, opt)))
+        except threading.BrokenBarrierError:
+            conn.send(("aborted", "stopped at the barrier: another worker failed"))
+            return
         except BaseException:
             exchange.barrier.abort()                   # the others stop waiting for this one
             conn.send(("error", traceback.format_exc()))
+            return
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
             return
 
 
@@ -155,10 +172,14 @@ class ProcessGroup:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
+        self._receive_all()                            # each worker says it is ready (or why not)
 
     def train_step(self, d_batch, g_batch, **kwargs):
         """framepred.train_step(ops, params, config, d_batch, g_batch, **kwargs) over the workers ->
         the log as Python floats (framepred.read_log's), each term the mean over the whole minibatch."""
+        for batch in (d_batch, g_batch):
+            if batch is not None and len(batch[0]) < self.processes:
+                raise ValueError(f"a minibatch of {len(batch[0])} cannot be shared by {self.processes} processes")
         d_slices = share_slices(len(d_batch[0]), self.processes) if d_batch is not None else [None] * self.processes
         g_slices = share_slices(len(g_batch[0]), self.processes)
         for rank, (d_part, g_part) in enumerate(zip(d_slices, g_slices)):
@@ -188,57 +209,76 @@ class ProcessGroup:
                     state[moment][key][...] = value
 
     def _receive_all(self, ranks=None):
-        """Each worker's answer, in rank order; WorkerError if one fails or dies first."""
+        """Each worker's answer, in rank order; WorkerError if one fails or dies first. A worker
+        that only stopped at the barrier ('aborted') is not the cause: the one that failed is."""
         ranks = list(range(self.processes)) if ranks is None else ranks
-        answers, waiting = {}, set(ranks)
+        answers, aborted, waiting = {}, [], set(ranks)
         while waiting:
-            ready = multiprocessing.connection.wait([self.conns[r] for r in waiting] +
-                                                    [self.workers[r].sentinel for r in range(self.processes)])
+            multiprocessing.connection.wait([self.conns[r] for r in waiting] + [self.workers[r].sentinel for r in waiting])
             for rank in sorted(waiting):
-                if self.conns[rank] in ready or self.conns[rank].poll():
-                    try:
-                        status, value = self.conns[rank].recv()
-                    except (EOFError, OSError):
-                        status, value = "error", "its pipe closed"
-                    if status != "ok":
-                        self.close()
-                        last = value.strip().splitlines()[-1] if value.strip() else value
-                        raise WorkerError(f"worker process {rank} failed: {last}", details=value)
+                if not self.conns[rank].poll():
+                    if not self.workers[rank].is_alive() and not self.conns[rank].poll():
+                        raise self._close_after_death(rank)
+                    continue
+                try:
+                    status, value = self.conns[rank].recv()
+                except (EOFError, OSError):
+                    raise self._close_after_death(rank) from None
+                waiting.discard(rank)
+                if status == "ok":
                     answers[rank] = value
-                    waiting.discard(rank)
-            dead = [r for r, w in enumerate(self.workers) if not w.is_alive()]
-            if dead and waiting:
-                raise self._died(dead[0])
+                elif status == "aborted":
+                    aborted.append(rank)
+                else:
+                    self.close()
+                    last = value.strip().splitlines()[-1] if value.strip() else value
+                    raise WorkerError(f"worker process {rank} failed: {last}", details=value)
+        if aborted:
+            self.close()
+            raise WorkerError(f"worker process {aborted[0]} stopped at the barrier, and no worker said why")
         return [answers[r] for r in ranks]
 
     def _send(self, rank, message):
+        if not self.workers:
+            raise WorkerError("the worker processes have stopped (the group is closed)")
         try:
             self.conns[rank].send(message)
         except OSError:                                 # its end of the pipe is gone: the worker with it
             self.workers[rank].join(timeout=5)
-            raise self._died(rank) from None
+            raise self._close_after_death(rank) from None
 
-    def _died(self, rank):
+    def _close_after_death(self, rank):
+        """Close the group after worker `rank` died; -> the WorkerError that says so."""
         code = self.workers[rank].exitcode
         self.close()
         return WorkerError(f"worker process {rank} died (exit code {code}"
                            + (": killed, perhaps for lack of memory" if code == -9 else "") + ")")
 
-    def close(self):
-        """Stop the workers (at once if they do not stop within a few seconds)."""
-        self.exchange.barrier.abort()
+    def close(self, timeout=5.0):
+        """Stop the workers: those still at work are woken from the barrier, every one is told to
+        exit, and any left after `timeout` seconds is killed."""
+        if not self.workers:
+            return
+        if all(worker.is_alive() or worker.exitcode == 0 for worker in self.workers):
+            # abort() waits for every sleeper at the barrier to wake: never for long (in a thread,
+            # abandoned after a second) and never with a killed worker among them, which would not
+            waker = threading.Thread(target=self.exchange.barrier.abort, daemon=True)
+            waker.start()
+            waker.join(timeout=1.0)
+        else:
+            timeout = 0.0                              # the survivors may wait at the barrier for good
         for conn in self.conns:
             try:
                 conn.send(None)
             except (OSError, ValueError):
                 pass
-        for worker in self.workers:
-            worker.join(timeout=5)
-            if worker.is_alive():
-                worker.terminate()
-                worker.join()
-        for conn in self.conns:
             conn.close()
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
         self.conns, self.workers = [], []
 
     def __enter__(self):
@@ -247,6 +287,3 @@ class ProcessGroup:
     def __exit__(self, *exc):
         self.close()
 
-
-# BLAS libraries read these when they load: one thread per worker process.
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

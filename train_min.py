@@ -509,8 +509,10 @@ def progress_line(step, total, log, rate, config, scores=None):
 
 def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
     """--processes, 0 resolved (data_parallel.auto_processes); RunError where P processes cannot be
-    used. A GPU trains in one process (a resumed CPU run's number is then dropped)."""
-    if not args.processes or (ops.name == "gpu" and "processes" not in given):
+    used. A GPU trains in one process, so a resumed CPU run's number, not given on this command
+    line, is dropped there."""
+    dropped_on_gpu = ops.name == "gpu" and "processes" not in given
+    if not args.processes or dropped_on_gpu:
         return data_parallel.auto_processes(ops, config, batch_sizes)
     if args.processes > 1 and ops.name == "gpu":
         raise RunError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
@@ -528,7 +530,7 @@ def start_group(processes, ops, params, config, opt):
           f"data_parallel.py)", flush=True)
     try:
         return data_parallel.ProcessGroup(processes, ops.name, params, config, opt)
-    except OSError as e:
+    except (OSError, data_parallel.WorkerError) as e:
         raise RunError(f"--processes {processes}: cannot start the worker processes ({e}); "
                        f"--processes 1 trains in this process alone") from e
 
@@ -651,8 +653,7 @@ def run(args, given=frozenset()):
         scores = evaluation(0)
         print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
               f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
-    step, last_saved, g_batch = start, start, None
-    group = start_group(processes, ops, params, config, opt)       # None in one process
+    step, last_saved, g_batch, group = start, start, None, None
     draws = BatchPrefetcher(source, rng, m, n, config["patch"])
     draws.request(step_batch_sizes(step)[2])
     meter = RecentRate(start, time.time())
@@ -667,6 +668,7 @@ def run(args, given=frozenset()):
 
     previous_handlers = signal.signal(signal.SIGINT, request_stop), signal.signal(signal.SIGTERM, request_stop)
     try:
+        group = start_group(processes, ops, params, config, opt)       # None in one process
         while step < total and not stop["now"]:
             adversarial, train_d, _ = step_batch_sizes(step)
             *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
@@ -691,12 +693,14 @@ def run(args, given=frozenset()):
             count += 1
             if step % args.log_every == 0 or step == total:
                 print(progress_line(step, total, log, meter.update(step, time.time()), config, scores), flush=True)
-            if group and (step % args.eval_every == 0 or step % args.ckpt_every == 0 or step == total):
+            due_eval = step % args.eval_every == 0 or step == total
+            due_ckpt = step % args.ckpt_every == 0 or step == total
+            if group and (due_eval or due_ckpt):
                 group.pull(params, opt)                 # the workers' weights, for the evaluation and checkpoint
-            if step % args.eval_every == 0 or step == total:
+            if due_eval:
                 grid(step, *(ops.to_host(a) for a in g_batch))
                 scores = evaluation(step)
-            if step % args.ckpt_every == 0 or step == total:
+            if due_ckpt:
                 save_run(args.out, ops, params, config, step, draws.rng_before_pending(), args, opt)
                 last_saved = step
         if group and stop["now"]:

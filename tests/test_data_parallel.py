@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -98,23 +99,27 @@ def test_group_keeps_adam_state_and_pull_returns_it():
     assert all(np.abs(v).max() > 0 for v in opt["G"]["v"].values())
 
 
-def test_a_failing_worker_is_reported_and_the_group_stops():
+@pytest.mark.parametrize("attempt", range(3))
+def test_the_failing_worker_is_the_one_reported_and_the_group_stops(attempt):
+    """Only worker 1's share is bad (a truth Y one sample short: its share of Y is empty), so worker
+    0 is left waiting at the barrier and stops there; whichever answers first, the error names
+    worker 1 and its exception, with its traceback in details, and every worker exits."""
     rng = np.random.default_rng(3)
-    params = fp.init_params(CONFIG, 0, dtype=np.float32)
-    group = dp.ProcessGroup(2, "cpu", params, CONFIG)
+    group = dp.ProcessGroup(2, "cpu", fp.init_params(CONFIG, 0, dtype=np.float32), CONFIG)
     workers = list(group.workers)
-    X, Y = minibatch(rng, 2, np.float32)
-    with pytest.raises(dp.WorkerError, match=r"^worker process \d failed: \w+Error: [^\n]+$") as failure:
-        group.train_step(None, (X[:, :11], Y), lr_g=1e-3, adversarial=False)     # 11 channels, not 12
+    X, Y = minibatch(rng, 3, np.float32)
+    with pytest.raises(dp.WorkerError, match=r"^worker process 1 failed: \w+Error: [^\n]+$") as failure:
+        group.train_step(None, (X, Y[:2]), lr_g=1e-3, adversarial=False)
     assert failure.value.details.startswith("Traceback") and "train_step" in failure.value.details
     for worker in workers:
         worker.join(timeout=10)
         assert not worker.is_alive()
+    with pytest.raises(dp.WorkerError, match="the group is closed"):
+        group.train_step(None, (X, Y), lr_g=1e-3, adversarial=False)
 
 
-def test_a_dead_worker_is_reported():
-    params = fp.init_params(CONFIG, 0, dtype=np.float32)
-    group = dp.ProcessGroup(2, "cpu", params, CONFIG)
+def test_a_worker_killed_when_idle_is_reported():
+    group = dp.ProcessGroup(2, "cpu", fp.init_params(CONFIG, 0, dtype=np.float32), CONFIG)
     try:
         os.kill(group.workers[1].pid, signal.SIGKILL)
         group.workers[1].join(timeout=10)
@@ -122,6 +127,41 @@ def test_a_dead_worker_is_reported():
             group.train_step(None, minibatch(np.random.default_rng(4), 2, np.float32), lr_g=1e-3, adversarial=False)
     finally:
         group.close()
+
+
+def test_a_worker_killed_at_the_barrier_does_not_hang_the_group():
+    """Worker 1 killed while it waits at the barrier for worker 0 (held back with SIGSTOP): waking
+    the barrier (abort) would wait for good for the dead sleeper, and so would worker 0 on arriving,
+    so the group must stop worker 0 at once instead."""
+    group = dp.ProcessGroup(2, "cpu", fp.init_params(CONFIG, 0, dtype=np.float32), CONFIG)
+    workers, outcome = list(group.workers), {}
+    batch = minibatch(np.random.default_rng(5), 2, np.float32)    # a share fits in the pipe's buffer
+
+    def step():
+        try:
+            group.train_step(None, batch, lr_g=1e-3, adversarial=False)
+        except dp.WorkerError as e:
+            outcome["error"] = e
+    os.kill(workers[0].pid, signal.SIGSTOP)
+    stepping = threading.Thread(target=step, daemon=True)
+    stepping.start()
+    time.sleep(1.0)                                   # worker 1 steps on its sample and waits
+    os.kill(workers[1].pid, signal.SIGKILL)         # (reaped by the group: a join here would race it)
+    time.sleep(0.5)
+    try:
+        os.kill(workers[0].pid, signal.SIGCONT)     # if the group has not stopped it already
+    except ProcessLookupError:
+        pass
+    stepping.join(timeout=20)
+    assert not stepping.is_alive(), "the main process hangs"
+    assert "worker process 1 died (exit code -9" in str(outcome.get("error"))
+    assert not any(worker.is_alive() for worker in workers)
+
+
+def test_a_minibatch_smaller_than_the_group_is_refused():
+    with dp.ProcessGroup(2, "cpu", fp.init_params(CONFIG, 0, dtype=np.float32), CONFIG) as group:
+        with pytest.raises(ValueError, match="a minibatch of 1 cannot be shared by 2 processes"):
+            group.train_step(None, minibatch(np.random.default_rng(6), 1, np.float32), lr_g=1e-3, adversarial=False)
 
 
 # ----------------------------------------------------------------------------- train_min --processes
