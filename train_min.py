@@ -610,7 +610,9 @@ def run(args, given=frozenset()):
         return adversarial, train_d, ([batch] if train_d else []) + [args.warmup_batch if g_alone else batch]
 
     # the number resolved is saved with the run: a resumed run keeps it, and so sums in the same order
-    processes = args.processes = choose_processes(args, ops, config, {batch, args.warmup_batch}, given)
+    g_alone_steps = config["lam_adv"] and args.warmup and not args.d_in_warmup and not args.bench
+    sizes = {batch, args.warmup_batch} if g_alone_steps else {batch}       # the minibatches the run draws
+    processes = args.processes = choose_processes(args, ops, config, sizes, given)
     if args.bench:
         import bench
         group = start_group(processes, ops, params, config, opt)

@@ -174,6 +174,15 @@ def test_train_min_refuses_more_processes_than_samples(tmp_path, capsys):
         in capsys.readouterr().err
 
 
+def test_train_min_counts_only_the_minibatches_the_run_draws(tmp_path, capsys):
+    """--warmup-batch 1 limits the processes only when G trains alone for some steps at that batch."""
+    args = ["--loss", "adv_gdl", "--steps", "1", "--warmup-batch", "1", "--eval-every", "100"] + PARALLEL
+    assert train_min.main(["--out", str(tmp_path / "a"), "--warmup", "0"] + args) == 0
+    assert "2 worker processes of one core each" in capsys.readouterr().out
+    assert train_min.main(["--out", str(tmp_path / "b"), "--warmup", "1"] + args) == 1
+    assert "the smallest has 1" in capsys.readouterr().err
+
+
 def test_train_min_ctrl_c_with_workers_then_resume_equals_straight(tmp_path, capsys):
     """Ctrl-C reaches the whole process group (the workers too, which leave it to the main process):
     the run saves and exits 130 with no traceback, and its resumption ends with the weights and Adam
