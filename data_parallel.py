@@ -49,10 +49,6 @@ def share_slices(batch, processes):
     return [slice(int(end - size), int(end)) for size, end in zip(sizes, ends)]
 
 
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 # Measured on 2 cores (README "Speed"): at 1/8 of the paper's widths two workers step 15-25% faster
 # than one process with two BLAS threads; at the paper's widths, whose large GEMMs split well across
 # threads, no faster (5445 against 5185 ms per adv_gdl iteration), with a model and caches per worker.
@@ -66,7 +62,7 @@ def auto_processes(ops, config, batch_sizes, cores=None):
     widths = [config["width"], config.get("d_width") or config["width"]]
     if getattr(ops, "name", None) != "cpu" or max(widths) > THIN_WIDTH:
         return 1
-    return max(1, min([cores or available_cores()] + [int(b) for b in batch_sizes]))
+    return max(1, min([cores or ops.available_cores()] + [int(b) for b in batch_sizes]))
 
 
 class GradientExchange:
@@ -76,10 +72,11 @@ class GradientExchange:
 
     def __init__(self, context, params, processes):
         keys = [key for key in params if key.startswith("G/")] + [key for key in params if not key.startswith("G/")]
-        self.offsets, offset = {}, 0
+        self.spans, offset = {}, 0                                 # key -> (offset, shape, size) in a row
         for key in keys:
-            self.offsets[key] = (offset, tuple(params[key].shape))
-            offset += int(np.prod(params[key].shape))
+            size = int(np.prod(params[key].shape))
+            self.spans[key] = (offset, tuple(params[key].shape), size)
+            offset += size
         self.dtype, self.length, self.processes = np.dtype(params[keys[0]].dtype), offset, processes
         nbytes = processes * offset * self.dtype.itemsize
         self.buffers = [context.RawArray("b", nbytes) for _ in range(2)]
@@ -91,16 +88,16 @@ class GradientExchange:
         self.turn ^= 1
         keys = list(grads)
         weight = weights[keys[0].split("/")[0]]                 # each call holds one network's gradients
-        spans = [self.offsets[key] for key in keys]
-        start = min(offset for offset, _ in spans)
-        end = max(offset + int(np.prod(shape)) for offset, shape in spans)
+        spans = [self.spans[key] for key in keys]
+        start = min(offset for offset, _, _ in spans)
+        end = max(offset + size for offset, _, size in spans)
         mine = rows[self.rank]
-        for key, (offset, shape) in zip(keys, spans):
-            np.multiply(grads[key].reshape(-1), weight, out=mine[offset:offset + grads[key].size])
+        for key, (offset, _, size) in zip(keys, spans):
+            np.multiply(grads[key].reshape(-1), weight, out=mine[offset:offset + size])
         self.barrier.wait()
         total = np.add.reduce(rows[:, start:end], axis=0)        # row 0 + row 1 + ...: the same order everywhere
-        return {key: total[offset - start:offset - start + int(np.prod(shape))].reshape(shape)
-                for key, (offset, shape) in zip(keys, spans)}
+        return {key: total[offset - start:offset - start + size].reshape(shape)
+                for key, (offset, shape, size) in zip(keys, spans)}
 
 
 def _worker(rank, conn, exchange, backend, params, config, opt):

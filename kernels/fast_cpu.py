@@ -67,7 +67,12 @@ def _scratch(shape, dtype):
     return buf[:size].reshape(shape)
 
 
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def available_cores():
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_CORES = available_cores()
 _PARALLEL_MIN = 1 << 20            # elements: below this a copy is not worth handing to threads
 _pool = None
 
