@@ -36,6 +36,7 @@ from kernels import DEVICES, BackendError, load_backend
 # optimiser (Adam), step counts and warm-up depart from the paper, chosen by 10-minute runs scored
 # on the validation draw (README "Training in minutes"): with the paper's SGD, gdl_l1 ends +2.1 dB
 # over copying the last frame and 1.7 dB below it in sharpness; with Adam +3.3 dB and +0.2 dB.
+EVAL_SIDE = 96       # --eval-size: the side of the held-out frames scored during training (see eval_crop)
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0),
     # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
@@ -142,6 +143,10 @@ def build_parser():
     p.add_argument("--ckpt-every", type=natural, default=200, help="steps between checkpoints (default: %(default)s)")
     p.add_argument("--eval-clips", type=natural, default=32,
                    help="held-out clips per evaluation (default: %(default)s)")
+    p.add_argument("--eval-size", type=count, default=EVAL_SIDE, metavar="SIDE",
+                   help="the evaluations during training score the centre SIDE x SIDE of larger held-out "
+                        "frames, so that scoring stays a small part of the run (0: whole frames; "
+                        "`python metrics.py evaluate` scores whole frames; default: %(default)s)")
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
                         "only --steps, --device, --processes, --log-every, --eval-every and --ckpt-every may change")
@@ -235,6 +240,17 @@ def init_from_checkpoint(path, config, seed):
 
 
 # ----------------------------------------------------------------------------- evaluation and pictures
+def eval_crop(hw, side):
+    """(H, W) of the held-out frames -> the (h, w) scored during training: each side at most `side`
+    (a multiple of 8, for G's pooling; 0: whole frames). At 272x640 the whole frames cost a small
+    preset run 30-60 s per evaluation, every 200 steps of ~15 s; 96x96 costs about 2x the synthetic
+    videos' 64x64 frames."""
+    if not side:
+        return tuple(hw)
+    side = max(8, side // 8 * 8)
+    return tuple(min(d, side) for d in hw)
+
+
 def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
     """Held-out clips (count, m+1, 3, H, W) -> PSNR and sharpness difference of the model's first
     predicted frame and of the last-input baseline (SPEC "Evaluation"), averaged over the clips.
@@ -354,7 +370,7 @@ def resume_run(args, given=frozenset()):
                        f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
-                              ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1)):
+                              ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -583,6 +599,12 @@ def run(args, given=frozenset()):
         preview = source.sample(min(batch, 4), m, n, config["patch"], np.random.default_rng([args.seed, 7]))
         split = dict(split="val") if args.val else {}
         clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
+        if clips is not None and clips.shape[-2:] != eval_crop(clips.shape[-2:], args.eval_size):
+            h, w = clips.shape[-2:]
+            clips = data.center_crop(clips, *eval_crop((h, w), args.eval_size))
+            print(f"held-out: {len(clips)} clips, scored during training on the centre {clips.shape[-1]}x"
+                  f"{clips.shape[-2]} of their {w}x{h} frames (--eval-size; `python metrics.py evaluate` "
+                  f"scores whole frames)")
     except data.DataError as e:
         raise RunError(str(e)) from e
     if getattr(source, "skipped", None):

@@ -1,5 +1,6 @@
 """train_min.py end to end at tiny sizes: every loss preset, synthetic data and a folder of
 videos, resume equivalence, interrupts, and the messages for bad input."""
+import json
 import os
 import signal
 import subprocess
@@ -66,6 +67,31 @@ def test_train_on_video_folder(tmp_path, capsys):
     code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--steps", "2", "--eval-every", "2", "--data", str(videos))
     assert code == 0, capsys.readouterr()
     assert fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))[2]["step"] == 2
+
+
+def test_train_scores_the_centre_of_large_held_out_frames(tmp_path, capsys):
+    """--eval-size: the evaluations during training score the centre crop of larger frames (the
+    copying baseline's PSNR in eval.jsonl is that of the crop, not of the whole frame)."""
+    import data
+    import metrics
+    videos = write_video_folder(tmp_path / "videos")
+    code, out = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-size", "20", "--data", str(videos))
+    assert code == 0
+    clips = data.open_source(str(videos), subset="test").test_clips(2, 5)
+    h, w = clips.shape[-2:]                     # the writer pads frames to its 16-pixel blocks
+    assert f"scored during training on the centre 16x16 of their {w}x{h} frames" in capsys.readouterr().out
+    crop = data.center_crop(clips, 16, 16)
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        logged = json.loads(f.readline())["psnr_last"]
+    assert logged == pytest.approx(float(np.mean(metrics.psnr(crop[:, 3], crop[:, 4]))), rel=1e-6)
+    assert logged != pytest.approx(float(np.mean(metrics.psnr(clips[:, 3], clips[:, 4]))), rel=1e-3)
+
+
+def test_eval_crop():
+    assert train_min.eval_crop((272, 640), 96) == (96, 96)
+    assert train_min.eval_crop((64, 64), 96) == (64, 64)
+    assert train_min.eval_crop((40, 200), 100) == (40, 96)       # sides stay multiples of 8
+    assert train_min.eval_crop((272, 640), 0) == (272, 640)
 
 
 def interrupt_after(monkeypatch, calls):
