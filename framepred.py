@@ -53,6 +53,7 @@ LOSS_PRESETS = {
 }
 
 LR_G_START, LR_G_END, LR_D = 0.04, 0.005, 0.02   # section 4.1
+TARGETS = ("frame", "change")                     # what G's output is (make_config's target)
 
 
 class CheckpointError(ValueError):
@@ -60,17 +61,22 @@ class CheckpointError(ValueError):
 
 
 # ----------------------------------------------------------------------------- configuration
-def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl", d_width=None, **loss_overrides):
+def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl", d_width=None, target="frame",
+                **loss_overrides):
     """Everything that fixes the shapes and the objective, as plain JSON-able data.
 
     width multiplies every feature-map count (1.0 = the paper's); kernels never change.
     d_width: D's multiplier when it differs from G's (default: width).
+    target: what G's output is, "frame" (the paper's: the predicted frame) or "change" (not the
+    paper's: the change from the last input frame, added to it; see generator_forward).
     loss_overrides: any of p, alpha, lam_lp, lam_gdl, lam_adv, replacing the preset's value.
     """
     if loss not in LOSS_PRESETS:
         raise ValueError(f"unknown loss preset {loss!r}; choose one of {', '.join(LOSS_PRESETS)}")
     if patch % 8:
         raise ValueError(f"the patch side must divide by 8 (four scales, s/8 .. s), got {patch}")
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     losses = dict(LOSS_PRESETS[loss], **{k: v for k, v in loss_overrides.items() if v is not None})
     unknown = set(losses) - set(LOSS_PRESETS["l2"])
     if unknown:
@@ -83,7 +89,7 @@ def make_config(m=4, n=1, patch=32, width=1.0, single_scale=False, loss="adv_gdl
 
     scales = [4] if single_scale else [1, 2, 3, 4]
     config = dict(
-        m=m, n=n, patch=patch, width=width, d_width=d_width, scales=scales, loss=loss, **losses,
+        m=m, n=n, patch=patch, width=width, d_width=d_width, scales=scales, target=target, loss=loss, **losses,
         g_maps=[scaled(G_TABLE[k - 1][0]) for k in scales], g_kernels=[G_TABLE[k - 1][1] for k in scales],
         d_maps=[scaled(D_TABLE[k - 1][0], d_width) for k in scales], d_kernels=[D_TABLE[k - 1][1] for k in scales],
         d_fc=[scaled(D_TABLE[k - 1][2], d_width) for k in scales], d_maxpool=[D_MAXPOOL[k - 1] for k in scales],
@@ -222,11 +228,28 @@ def downscale(ops, frames, k):
 
 
 # ----------------------------------------------------------------------------- generator (2.1)
+def predicts_change(config):
+    """Whether G's output is the change from the last input frame (make_config's target); configs
+    saved before the option existed predict frames."""
+    return config.get("target", "frame") == "change"
+
+
+def last_input_frame(ops, X_k, config):
+    """The last of the m input frames in X_k (N, 3m, h, w), once per predicted frame: (N, 3n, h, w)."""
+    last = X_k[:, 3 * (config["m"] - 1):]
+    return last if config["n"] == 1 else ops.concat_forward([last] * config["n"])[0]
+
+
 def generator_forward(ops, params, config, X):
     """X: (N, 3m, H, W), H and W divisible by 8 -> ({k: Y_hat_k (N, 3n, H/2^(4-k), W/2^(4-k))}, cache).
 
     Eq. 1: Y_hat_1 = tanh(G'_1(X_1)); Y_hat_k = tanh(u_k(Y_hat_(k-1)) + G'_k(concat(X_k, u_k(Y_hat_(k-1))))).
     The residual is added before the tanh, as in the authors' code.
+
+    With config target "change" (not the paper's), eq. 1 gives the change from the last input
+    frame instead, C_k, and the prediction is that frame plus it: Y_hat_k = last_k + C_k, last_k
+    being the last of the m frames of X_k. G then starts from copying the last frame (C ~ 0) and
+    learns the motion, where the paper's G must first learn to pass every pixel through its layers.
     """
     if X.ndim != 4 or X.shape[1] != 3 * config["m"]:
         raise ValueError(f"G expects input (N, {3 * config['m']}, H, W) (m={config['m']} RGB frames), got {tuple(X.shape)}")
@@ -245,14 +268,15 @@ def generator_forward(ops, params, config, X):
         if up is not None:
             h = h + up                                                   # eq. 1's residual
         prev, tanh_cache = ops.tanh_forward(h)
-        preds[k] = prev
+        preds[k] = prev + last_input_frame(ops, X_k, config) if predicts_change(config) else prev
         caches[k] = (stack, tanh_cache, concat_cache)
     return preds, caches
 
 
 def generator_backward(ops, params, config, dpreds, caches):
     """dpreds: {k: dL/dY_hat_k} -> gradients of every G parameter (dict). Eq. 1 in reverse, finest
-    scale first: each Y_hat_(k-1) gets the gradient of its own loss terms and, through u_k, of scale k."""
+    scale first: each Y_hat_(k-1) gets the gradient of its own loss terms and, through u_k, of scale k.
+    (With target "change", Y_hat_k = last_k + C_k and last_k is data: dL/dC_k = dL/dY_hat_k.)"""
     grads, d_coarse = {}, None
     scales = config["scales"]
     for j in range(len(scales) - 1, -1, -1):
@@ -591,6 +615,7 @@ def load_checkpoint(path, expect_config=None):
                                       f"({NOT_A_CHECKPOINT})")
             arrays = {key: z[key] for key in z.files}
         config = json.loads(str(arrays.pop("config")))
+        config.setdefault("target", "frame")            # saved before G could predict the change
         state = json.loads(str(arrays.pop("state"))) if "state" in arrays else None
         optimizer = _optimizer_from_arrays(arrays)
     except CheckpointError:
@@ -601,7 +626,7 @@ def load_checkpoint(path, expect_config=None):
     if optimizer is not None and state is not None:
         state["optimizer"] = optimizer
     if expect_config is not None:
-        diffs = [f"{key}: checkpoint {config.get(key)!r}, expected {expect_config[key]!r}"
+        diffs = [f"{key}: checkpoint {config.get(key)!r}, expected {expect_config.get(key)!r}"
                  for key in ARCHITECTURE_KEYS if config.get(key) != expect_config.get(key)]
         if diffs:
             raise CheckpointError(f"checkpoint {path} does not match this model: " + "; ".join(diffs))
@@ -617,7 +642,8 @@ def load_checkpoint(path, expect_config=None):
     return {key: arrays[key].astype(np.float32) for key in shapes}, config, state
 
 
-ARCHITECTURE_KEYS = ["m", "n", "patch", "scales", "g_maps", "g_kernels", "d_maps", "d_kernels", "d_fc", "d_maxpool"]
+ARCHITECTURE_KEYS = ["m", "n", "patch", "scales", "target", "g_maps", "g_kernels", "d_maps", "d_kernels", "d_fc",
+                     "d_maxpool"]
 
 
 # ----------------------------------------------------------------------------- full frames in tiles
@@ -745,13 +771,14 @@ def generator_predict(ops, params, config, X, band_bytes=None):
     prev = None
     for j, k in enumerate(config["scales"]):
         up = None if prev is None else ops.upsample_forward(prev, 2)[0]        # u_k(Y_hat_(k-1))
-        h = downscale(ops, X, k) if up is None else ops.concat_forward([downscale(ops, X, k), up])[0]
+        X_k = downscale(ops, X, k)
+        h = X_k if up is None else ops.concat_forward([X_k, up])[0]
         n_layers = len(config["g_kernels"][j])
         for i in range(1, n_layers + 1):
             h = conv_same_in_bands(ops, h, params[f"G/scale{k}/conv{i}/weight"], params[f"G/scale{k}/conv{i}/bias"],
                                    relu=i < n_layers, band_bytes=band_bytes)
         prev = ops.tanh_forward(h if up is None else h + up)[0]                 # eq. 1
-    return prev
+    return prev + last_input_frame(ops, X_k, config) if predicts_change(config) else prev
 
 
 def tile_budget(config, batch, itemsize, memory=DEFAULT_TILE_MEMORY):

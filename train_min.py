@@ -38,7 +38,7 @@ from kernels import DEVICES, BackendError, load_backend
 # over copying the last frame and 1.7 dB below it in sharpness; with Adam +3.3 dB and +0.2 dB.
 EVAL_SIDE = 96       # --eval-size: the side of the held-out frames scored during training (see eval_crop)
 PRESETS = {
-    "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0),
+    "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame"),
     # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
     # batch 4; for the adversarial losses 6750 G-alone steps at batch 4 (--warmup-batch), then 750
     # adversarial iterations at batch 8, each about 4x the time of a G-alone step. (With one process
@@ -50,7 +50,7 @@ PRESETS = {
     # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
     # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
     "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
-                  d_in_warmup=False),
+                  d_in_warmup=False, target="frame"),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
 # over the run, and rho_D. SGD's are the paper's (section 4.1).
@@ -122,6 +122,10 @@ def build_parser():
                    help="rho_G, lowered geometrically from START to END over the run "
                         "(default: sgd 0.04 0.005 as in the paper, adam 5e-4 5e-5)")
     p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
+    p.add_argument("--target", choices=fp.TARGETS, default=None,
+                   help="what G's output is: frame, the predicted frame (the paper's), or change, the change "
+                        "from the last input frame, added to it (G starts from copying that frame; "
+                        "default: by preset)")
     p.add_argument("--init-last", choices=["torch", "zero"], default=None,
                    help="torch: every layer Torch-initialised (the authors'); zero: each G'_k's last convolution "
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
@@ -208,7 +212,7 @@ def build_config(args, preset):
     width = args.width if args.width is not None else PRESETS[preset]["width"]
     d_width = args.d_width if args.d_width is not None else (PRESETS[preset].get("d_width") if args.width is None else None)
     return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, d_width=d_width,
-                          single_scale=args.single_scale,
+                          single_scale=args.single_scale, target=args.target or PRESETS[preset]["target"],
                           loss=args.loss, p=args.p, alpha=args.alpha, lam_lp=args.lam_lp,
                           lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
 
@@ -224,11 +228,11 @@ def init_from_checkpoint(path, config, seed):
         loaded, old, _ = fp.load_checkpoint(path)
     except fp.CheckpointError as e:
         raise RunError(str(e)) from e
-    g_keys = ["m", "n", "scales", "g_maps", "g_kernels"]
+    g_keys = ["m", "n", "scales", "target", "g_maps", "g_kernels"]
     diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {config[k]!r}" for k in g_keys if old.get(k) != config[k]]
     if diffs:
         raise RunError(f"--init {path}: its G does not fit this run: " + "; ".join(diffs) +
-                       " (use the same --m, --n, --width, --single-scale)")
+                       " (use the same --m, --n, --width, --single-scale, --target)")
     params = fp.init_params(config, seed=seed, zero_last=False)
     same_d = all(old.get(k) == config[k] for k in ["patch", "d_maps", "d_kernels", "d_fc", "d_maxpool"])
     for key, value in loaded.items():
@@ -320,7 +324,7 @@ def make_optimizer(ops, params, args, saved=None):
 # and a different value on the command line is refused (RunError) rather than silently dropped.
 RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every")
 NOT_WITH_RESUME = ("out", "force", "init", "bench")
-CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
+CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "target", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
 
 
 def flag_name(dest, value=None):
@@ -613,7 +617,8 @@ def run(args, given=frozenset()):
     opt = make_optimizer(ops, params, args, saved_opt)
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
           f" params (width {config['width']:g}" + (f", D {config['d_width']:g}" if config.get("d_width", config["width"]) != config["width"] else "")
-          + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}")
+          + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}"
+          + ("; G predicts the change from the last input frame" if fp.predicts_change(config) else ""))
     warm = (f", G alone for the first {args.warmup} steps"
             + (" (D already training)" if args.d_in_warmup else f" at batch {args.warmup_batch}")
             if config["lam_adv"] and args.warmup else "")

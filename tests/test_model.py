@@ -20,8 +20,8 @@ TOL_END_TO_END = 1e-5
 no_shrink = settings(max_examples=6, phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 
-def tiny_case(loss, m, n, patch, single_scale, seed, batch=1):
-    config = fp.make_config(m=m, n=n, patch=patch, width=TINY, loss=loss, single_scale=single_scale)
+def tiny_case(loss, m, n, patch, single_scale, seed, batch=1, target="frame"):
+    config = fp.make_config(m=m, n=n, patch=patch, width=TINY, loss=loss, single_scale=single_scale, target=target)
     params = fp.init_params(config, seed=seed, dtype=np.float64)
     for key in params:         # He-scale weights: Torch's init at these widths leaves gradients near
         if key.endswith("weight"):  # the rounding floor (1e-7), which would test the noise, not the code
@@ -41,11 +41,12 @@ cases = dict(loss=st.sampled_from(sorted(fp.LOSS_PRESETS)), m=st.integers(1, 3),
 
 
 @no_shrink
-@given(**cases)
-def test_generator_end_to_end_grad(loss, m, n, patch, single_scale, seed):
+@given(**cases, target=st.sampled_from(fp.TARGETS))
+def test_generator_end_to_end_grad(loss, m, n, patch, single_scale, seed, target):
     """dL_G/dtheta_G, L_G = lam_adv L_adv (through D, D fixed) + lam_lp L_p + lam_gdl L_gdl, on a
-    sample of 3 entries and one random direction of every G parameter tensor."""
-    config, params, X, Y, rng = tiny_case(loss, m, n, patch, single_scale, seed)
+    sample of 3 entries and one random direction of every G parameter tensor; G predicting the
+    frame (the paper's) or the change from the last input frame."""
+    config, params, X, Y, rng = tiny_case(loss, m, n, patch, single_scale, seed, target=target)
 
     def loss_value():
         preds, _ = fp.generator_forward(ops, params, config, X)
@@ -192,3 +193,38 @@ def test_lr_schedule():
     assert fp.lr_g_at(0, 100) == pytest.approx(0.04)
     assert fp.lr_g_at(99, 100) == pytest.approx(0.005)
     assert fp.lr_g_at(0, 100) > fp.lr_g_at(50, 100) > fp.lr_g_at(99, 100)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_change_target_with_zero_last_layers_copies_the_last_input(n):
+    """target "change": Y_hat_k = last_k + C_k. With every G'_k's last convolution at 0 (the
+    change is tanh(0) = 0 at every scale) G predicts the last input frame, downscaled, at every
+    scale, n times; and generator_predict, prediction's path, agrees with generator_forward."""
+    config = fp.make_config(m=3, n=n, patch=32, width=TINY, loss="l2", target="change")
+    params = fp.init_params(config, seed=1, dtype=np.float64, zero_last=True)
+    X = np.random.default_rng(2).uniform(-1, 1, (2, 9, 32, 32))
+    preds, _ = fp.generator_forward(ops, params, config, X)
+    for k in config["scales"]:
+        last_k = fp.downscale(ops, X, k)[:, 6:9]
+        np.testing.assert_allclose(preds[k], np.concatenate([last_k] * n, axis=1), rtol=0, atol=1e-15)
+    params = fp.init_params(config, seed=1, dtype=np.float64)
+    preds, _ = fp.generator_forward(ops, params, config, X)
+    np.testing.assert_allclose(fp.generator_predict(ops, params, config, X), preds[4], rtol=0, atol=1e-12)
+    frame = dict(config, target="frame")
+    np.testing.assert_allclose(fp.generator_forward(ops, params, frame, X)[0][4],
+                               preds[4] - np.concatenate([X[:, 6:9]] * n, axis=1), rtol=0, atol=1e-12)
+
+
+def test_checkpoint_target(tmp_path):
+    """A checkpoint saved before the target option (no key) loads as the paper's "frame"; a model
+    that predicts the change is refused where one that predicts frames is expected."""
+    config = fp.make_config(m=2, n=1, patch=32, width=TINY, loss="l2", target="change")
+    params = fp.init_params(config, seed=0)
+    fp.save_checkpoint(tmp_path / "change.npz", params, config)
+    with pytest.raises(fp.CheckpointError, match="target: checkpoint 'change', expected 'frame'"):
+        fp.load_checkpoint(tmp_path / "change.npz", expect_config=dict(config, target="frame"))
+    old = {key: value for key, value in config.items() if key != "target"}
+    fp.save_checkpoint(tmp_path / "old.npz", params, old)
+    assert fp.load_checkpoint(tmp_path / "old.npz", expect_config=dict(config, target="frame"))[1]["target"] == "frame"
+    with pytest.raises(ValueError, match="unknown target"):
+        fp.make_config(target="difference")

@@ -86,11 +86,12 @@ def test_conv_in_bands_equals_same_convolution(k, relu):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_predict_tiled_equals_whole_frame():
+@pytest.mark.parametrize("target", fp.TARGETS)
+def test_predict_tiled_equals_whole_frame(target):
     """A frame 3 tiles wide and 2 high, not square: tiles at the frame's border and windows with
     the frame on both sides; the convolutions in bands of a few rows. Equal to G on the whole
     frame, and clearly not with a margin short of G's receptive field."""
-    config = fp.make_config(width=1 / 64, loss="l2")
+    config = fp.make_config(width=1 / 64, loss="l2", target=target)
     params = random_params(config, seed=1)
     X = np.random.default_rng(2).uniform(-1, 1, (1, 12, 104, 296))
     margin = fp.tile_margin(config)
@@ -132,7 +133,7 @@ def test_predict_tiled_on_the_gpu_backend():
         gpu = emulator.emulated_backend()
     except Exception as e:   # no C++ compiler
         pytest.skip(f"no CUDA emulator: {e}")
-    config = fp.make_config(width=1 / 64, loss="l2", single_scale=True)
+    config = fp.make_config(width=1 / 64, loss="l2", single_scale=True, target="change")
     params = fp.init_params(config, seed=4)
     X = np.random.default_rng(5).uniform(-1, 1, (1, 12, 24, 56)).astype(np.float32)
     memory = 200_000

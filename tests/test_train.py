@@ -206,6 +206,19 @@ def test_train_init_new_patch_gets_new_discriminator(tmp_path, capsys):
     assert code == 1 and "does not fit this run" in capsys.readouterr().err
 
 
+def test_train_target_change_is_kept_by_the_run(tmp_path, capsys):
+    """--target change: saved in the run's config, said at the start, kept by --resume (another
+    --target is refused), and a G that predicts frames cannot --init it."""
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--target", "change", name="change")
+    assert code == 0 and "G predicts the change from the last input frame" in capsys.readouterr().out
+    assert fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))[1]["target"] == "change"
+    assert train_min.main(["--resume", run, "--steps", "2", "--target", "frame"]) == 1
+    assert "--target frame (the run has change)" in capsys.readouterr().err
+    code, frame = run_cli(tmp_path, "--loss", "l2", "--steps", "1", name="frame")
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--target", "change", "--init", frame, name="init")
+    assert code == 1 and "target: checkpoint 'frame', this run 'change'" in capsys.readouterr().err
+
+
 def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
     """After the first evaluation the progress line says how the held-out scores compare with
     copying the last input; eval.jsonl holds the loss terms averaged since the last evaluation."""
