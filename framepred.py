@@ -587,14 +587,14 @@ def peek_checkpoint(path):
 
 
 def describe_checkpoint(config, state):
-    """One line on what a checkpoint holds: its step, loss, data, patch, m and n."""
+    """One line on what a checkpoint holds: its step, loss, data, patch, m and n (and the target if not the frame)."""
     args = (state or {}).get("args", {})
     step = "no training state"
     if state:
         step = f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")
     data = f", trained on {args.get('data') or 'the synthetic videos'}" if state else ""
     return (f"{step}, loss {config.get('loss', '?')}{data}, patches of {config.get('patch')}x{config.get('patch')}, "
-            f"m {config.get('m')} -> n {config.get('n')}")
+            f"m {config.get('m')} -> n {config.get('n')}" + (", G predicts the change" if predicts_change(config) else ""))
 
 
 def load_checkpoint(path, expect_config=None):
