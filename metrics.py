@@ -1178,6 +1178,8 @@ def evaluate(args):
         ops = load_backend(args.device)
         os.makedirs(args.out, exist_ok=True)
         t0 = time.time()
+        progress(f"moving-area masks: our optical flow of {len(clips)} clips, 2 frame pairs each, at "
+                 f"{clips.shape[-2]}x{clips.shape[-1]} (HxW; minutes on large frames) ...")
         if args.protocol == "authors":
             masks = moving_masks_authors(clips, args.mask_pair)
             rule = f"flow > {AUTHORS_FLOW_FRACTION} x the frame's largest flow"
