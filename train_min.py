@@ -603,9 +603,10 @@ def run(args, given=frozenset()):
         preview = source.sample(min(batch, 4), m, n, config["patch"], np.random.default_rng([args.seed, 7]))
         split = dict(split="val") if args.val else {}
         clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
-        if clips is not None and clips.shape[-2:] != eval_crop(clips.shape[-2:], args.eval_size):
+        crop = None if clips is None else eval_crop(clips.shape[-2:], args.eval_size)
+        if crop is not None and crop != clips.shape[-2:]:
             h, w = clips.shape[-2:]
-            clips = data.center_crop(clips, *eval_crop((h, w), args.eval_size))
+            clips = data.center_crop(clips, *crop)
             print(f"held-out: {len(clips)} clips, scored during training on the centre {clips.shape[-1]}x"
                   f"{clips.shape[-2]} of their {w}x{h} frames (--eval-size; `python metrics.py evaluate` "
                   f"scores whole frames)")
