@@ -229,9 +229,8 @@ def downscale(ops, frames, k):
 
 # ----------------------------------------------------------------------------- generator (2.1)
 def predicts_change(config):
-    """Whether G's output is the change from the last input frame (make_config's target); configs
-    saved before the option existed predict frames."""
-    return config.get("target", "frame") == "change"
+    """Whether G's output is the change from the last input frame (make_config's target)."""
+    return config["target"] == "change"
 
 
 def last_input_frame(ops, X_k, config):
@@ -579,11 +578,19 @@ def peek_checkpoint(path):
     path = resolve_checkpoint(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            config = json.loads(str(z["config"]))
+            config = _saved_config(z["config"])
             state = json.loads(str(z["state"])) if "state" in z.files else None
     except Exception as e:
         raise CheckpointError(f"cannot read checkpoint {path} ({NOT_A_CHECKPOINT})") from e
     return config, state
+
+
+def _saved_config(text):
+    """A checkpoint's JSON config, with the keys added since filled as older runs trained: target
+    "frame" (saved before G could predict the change)."""
+    config = json.loads(str(text))
+    config.setdefault("target", "frame")
+    return config
 
 
 def describe_checkpoint(config, state):
@@ -614,8 +621,7 @@ def load_checkpoint(path, expect_config=None):
                 raise CheckpointError(f"cannot read checkpoint {path}: a .npz without a framepred config "
                                       f"({NOT_A_CHECKPOINT})")
             arrays = {key: z[key] for key in z.files}
-        config = json.loads(str(arrays.pop("config")))
-        config.setdefault("target", "frame")            # saved before G could predict the change
+        config = _saved_config(arrays.pop("config"))
         state = json.loads(str(arrays.pop("state"))) if "state" in arrays else None
         optimizer = _optimizer_from_arrays(arrays)
     except CheckpointError:

@@ -226,5 +226,8 @@ def test_checkpoint_target(tmp_path):
     old = {key: value for key, value in config.items() if key != "target"}
     fp.save_checkpoint(tmp_path / "old.npz", params, old)
     assert fp.load_checkpoint(tmp_path / "old.npz", expect_config=dict(config, target="frame"))[1]["target"] == "frame"
+    old_config, _ = fp.peek_checkpoint(tmp_path / "old.npz")
+    assert old_config["target"] == "frame" and "change" not in fp.describe_checkpoint(old_config, None)
+    assert "G predicts the change" in fp.describe_checkpoint(*fp.peek_checkpoint(tmp_path / "change.npz"))
     with pytest.raises(ValueError, match="unknown target"):
         fp.make_config(target="difference")
