@@ -91,10 +91,10 @@ def _check_sample_args(batch, m, n, patch):
 
 def _filtered(draw, min_motion, max_tries):
     """Call draw() (-> clip (T,3,h,w)) until the clip moves more than min_motion, at most
-    max_tries times (at least once); if none does, keep the last draw."""
+    max_tries times (at least once); if none does, keep the last draw. min_motion <= 0: the first."""
     for _ in range(max(1, int(max_tries))):
         clip = draw()
-        if motion(clip) > min_motion:
+        if min_motion <= 0 or motion(clip) > min_motion:
             break
     return clip
 
@@ -523,11 +523,16 @@ class VideoFolder:
         return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
 
 
-def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024):
+def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024,
+                min_motion=MIN_MOTION):
     """The data source for training and evaluation: SyntheticVideos(seed) when path is None,
-    else VideoFolder(path, split_list, every_nth, subset, cache_mib)."""
+    else VideoFolder(path, split_list, every_nth, subset, cache_mib). Training patches move more
+    than min_motion (motion(); 0 keeps still ones)."""
+    if not np.isfinite(min_motion) or min_motion < 0:
+        raise DataError(f"the motion threshold must be a number >= 0, got {min_motion!r}")
     if path is None:
         if split_list is not None:
             raise DataError("a split list needs a video folder (path)")
-        return SyntheticVideos(seed)
-    return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib)
+        return SyntheticVideos(seed, min_motion=min_motion)
+    return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib,
+                       min_motion=min_motion)

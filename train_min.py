@@ -90,6 +90,9 @@ def build_parser():
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
+    p.add_argument("--min-motion", type=float, default=data.MIN_MOTION, metavar="T",
+                   help="keep a training patch only when its frames move: mean squared difference of consecutive "
+                        "frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: %(default)g)")
     p.add_argument("--out", default="runs/latest",
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
                         "another run is refused unless --force")
@@ -374,7 +377,8 @@ def resume_run(args, given=frozenset()):
                        f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
-                              ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0)):
+                              ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0),
+                              ("min_motion", data.MIN_MOTION)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -595,7 +599,7 @@ def run(args, given=frozenset()):
         args.warmup_batch = 4 if "batch" not in given and not args.resume else batch
     m, n = config["m"], config["n"]
     try:
-        source = data.open_source(args.data, split_list=args.split_list, seed=args.seed)
+        source = data.open_source(args.data, split_list=args.split_list, seed=args.seed, min_motion=args.min_motion)
         test_source = source if args.data else data.open_source(None, seed=args.seed)
         if args.data:
             print(source.split_summary())

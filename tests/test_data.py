@@ -285,6 +285,21 @@ def test_folder_sample_shapes_and_determinism(ucf):
     assert X.shape == (2, 24, 16, 16) and Y.shape == (2, 12, 16, 16)
 
 
+def test_folder_min_motion_zero_keeps_still_patches(tmp_path):
+    """The paper keeps only patches that move (section 4.1); min_motion 0 keeps every draw, so
+    the still background of a lossless frame folder shows up (motion exactly 0)."""
+    write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
+
+    def motions(src):
+        X, Y = src.sample(40, 4, 1, 8, np.random.default_rng(3))
+        return [data.motion(c) for c in data.unstack_frames(np.concatenate([X, Y], axis=1))]
+    assert min(motions(data.open_source(str(tmp_path / "v")))) > data.MIN_MOTION
+    assert min(motions(data.open_source(str(tmp_path / "v"), min_motion=0))) == 0.0
+    for bad in (-1e-3, float("nan"), float("inf")):
+        with pytest.raises(DataError, match="motion threshold"):
+            data.open_source(None, min_motion=bad)
+
+
 def test_folder_split_list_every_nth(ucf, tmp_path):
     lst = tmp_path / "testlist01.txt"
     lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"

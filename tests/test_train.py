@@ -173,6 +173,8 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
     (["--init", "/no/such.npz"], "checkpoint not found"),
     (["--device", "gpu"], "--device gpu"),
     (["--val", "--data", "."], "--val is for the synthetic videos"),
+    (["--min-motion", "-1"], "motion threshold must be a number >= 0"),
+    (["--min-motion", "nan"], "motion threshold must be a number >= 0"),
 ])
 def test_train_bad_input_message(tmp_path, capsys, extra, message):
     if extra == ["--device", "gpu"] and usable_gpu():
@@ -217,6 +219,24 @@ def test_train_target_change_is_kept_by_the_run(tmp_path, capsys):
     code, frame = run_cli(tmp_path, "--loss", "l2", "--steps", "1", name="frame")
     code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--target", "change", "--init", frame, name="init")
     assert code == 1 and "target: checkpoint 'frame', this run 'change'" in capsys.readouterr().err
+
+
+def test_train_min_motion_is_kept_by_the_run(tmp_path, capsys, monkeypatch):
+    """--min-motion: the training patches' threshold reaches the data source, is saved with the
+    run and kept by --resume (another value is refused)."""
+    seen = []
+    real_open = train_min.data.open_source
+
+    def open_source(*args, **kwargs):
+        seen.append(kwargs.get("min_motion"))
+        return real_open(*args, **kwargs)
+    monkeypatch.setattr(train_min.data, "open_source", open_source)
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--min-motion", "0")
+    assert code == 0 and seen and seen[0] == 0.0
+    assert fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))[2]["args"]["min_motion"] == 0.0
+    assert train_min.main(["--resume", run, "--steps", "2", "--min-motion", "0.001"]) == 1
+    assert "--min-motion 0.001 (the run has 0)" in capsys.readouterr().err
+    assert train_min.main(["--resume", run, "--steps", "2", "--min-motion", "0"]) == 0
 
 
 def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
