@@ -38,7 +38,8 @@ from kernels import DEVICES, BackendError, load_backend
 # over copying the last frame and 1.7 dB below it in sharpness; with Adam +3.3 dB and +0.2 dB.
 EVAL_SIDE = 96       # --eval-size: the side of the held-out frames scored during training (see eval_crop)
 PRESETS = {
-    "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame"),
+    "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame",
+                  min_motion=data.MIN_MOTION),
     # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
     # batch 4; for the adversarial losses 6750 G-alone steps at batch 4 (--warmup-batch), then 750
     # adversarial iterations at batch 8, each about 4x the time of a G-alone step. (With one process
@@ -50,7 +51,11 @@ PRESETS = {
     # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
     # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
     "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
-                  d_in_warmup=False, target="frame"),
+                  d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION,
+                  # on real video (--data): G predicts the change from the last input frame, and still
+                  # patches train too. Chosen on held-out real videos (README "Real video"): in 10 minutes
+                  # G cannot redraw a natural frame's still detail, which copying gets right.
+                  on_video=dict(target="change", min_motion=0.0)),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
 # over the run, and rho_D. SGD's are the paper's (section 4.1).
@@ -90,9 +95,10 @@ def build_parser():
                    help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
-    p.add_argument("--min-motion", type=float, default=data.MIN_MOTION, metavar="T",
+    p.add_argument("--min-motion", type=float, default=None, metavar="T",
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "
-                        "frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: %(default)g)")
+                        f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: by "
+                        f"preset: {data.MIN_MOTION:g}, the small preset 0 on --data videos)")
     p.add_argument("--out", default="runs/latest",
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
                         "another run is refused unless --force")
@@ -128,7 +134,7 @@ def build_parser():
     p.add_argument("--target", choices=fp.TARGETS, default=None,
                    help="what G's output is: frame, the predicted frame (the paper's), or change, the change "
                         "from the last input frame, added to it (G starts from copying that frame; "
-                        "default: by preset)")
+                        "default: by preset: frame, the small preset change on --data videos)")
     p.add_argument("--init-last", choices=["torch", "zero"], default=None,
                    help="torch: every layer Torch-initialised (the authors'); zero: each G'_k's last convolution "
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
@@ -191,9 +197,20 @@ def choose_preset(args, ops):
     return preset
 
 
-def resolve_training_flags(args, preset):
-    """Fill the optimiser, learning rates and initialisation left to the preset."""
+VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame", "min_motion": "still patches train too"}
+
+
+def preset_value(preset, key, on_video):
+    """The preset's value for `key`, or its on_video one when training on a video folder (--data)."""
     spec = PRESETS[preset]
+    return spec.get("on_video", {}).get(key, spec[key]) if on_video else spec[key]
+
+
+def resolve_training_flags(args, preset):
+    """Fill the optimiser, learning rates, initialisation and motion threshold left to the preset."""
+    spec = PRESETS[preset]
+    if args.min_motion is None:
+        args.min_motion = preset_value(preset, "min_motion", args.data is not None)
     args.optimizer = args.optimizer or spec["optimizer"]
     rates = LEARNING_RATES[args.optimizer]
     args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
@@ -215,7 +232,8 @@ def build_config(args, preset):
     width = args.width if args.width is not None else PRESETS[preset]["width"]
     d_width = args.d_width if args.d_width is not None else (PRESETS[preset].get("d_width") if args.width is None else None)
     return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, d_width=d_width,
-                          single_scale=args.single_scale, target=args.target or PRESETS[preset]["target"],
+                          single_scale=args.single_scale,
+                          target=args.target or preset_value(preset, "target", args.data is not None),
                           loss=args.loss, p=args.p, alpha=args.alpha, lam_lp=args.lam_lp,
                           lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
 
@@ -572,6 +590,12 @@ def set_up_run(args, given, ops):
     except ValueError as e:
         raise RunError(str(e)) from e
     resolve_training_flags(args, preset)
+    video_defaults = [k for k in PRESETS[preset].get("on_video", {}) if k not in given] if args.data else []
+    if video_defaults:
+        flags = lambda values: " ".join(f"{flag_name(k)} {_show(values[k])}" for k in video_defaults)
+        print(f"preset {preset} on real video: " + " and ".join(VIDEO_DEFAULT_TEXT[k] for k in video_defaults)
+              + f" ({flags(PRESETS[preset]['on_video'])}; on the synthetic videos {flags(PRESETS[preset])}; "
+              + 'README "Real video")')
     params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
               fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
     args.preset = preset

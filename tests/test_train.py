@@ -10,6 +10,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import data
 import framepred as fp
 import train_min
 
@@ -72,7 +73,6 @@ def test_train_on_video_folder(tmp_path, capsys):
 def test_train_scores_the_centre_of_large_held_out_frames(tmp_path, capsys):
     """--eval-size: the evaluations during training score the centre crop of larger frames (the
     copying baseline's PSNR in eval.jsonl is that of the crop, not of the whole frame)."""
-    import data
     import metrics
     videos = write_video_folder(tmp_path / "videos")
     code, out = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-size", "20", "--data", str(videos))
@@ -239,6 +239,30 @@ def test_train_min_motion_is_kept_by_the_run(tmp_path, capsys, monkeypatch):
     assert train_min.main(["--resume", run, "--steps", "2", "--min-motion", "0"]) == 0
 
 
+def test_train_small_preset_on_real_video(tmp_path, capsys):
+    """The small preset on --data videos: G predicts the change and still patches train, said at the
+    start; a flag given on the command line wins; the synthetic videos and the paper preset keep
+    the paper's target and motion filter."""
+    videos = write_video_folder(tmp_path / "videos")
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), name="video")
+    text = capsys.readouterr().out
+    assert code == 0 and "preset small on real video: G predicts the change from the last input frame and " \
+                         "still patches train too (--target change --min-motion 0;" in text
+    _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
+    assert config["target"] == "change" and state["args"]["min_motion"] == 0.0
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), "--target", "frame",
+                        name="video_frame")
+    text = capsys.readouterr().out
+    assert code == 0 and "on real video: still patches train too (--min-motion 0;" in text
+    _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
+    assert config["target"] == "frame" and state["args"]["min_motion"] == 0.0
+    for extra, name in ((["--preset", "paper", "--width", "0.125", "--data", str(videos)], "paper"), ([], "synthetic")):
+        code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", *extra, name=name)
+        assert code == 0 and "on real video" not in capsys.readouterr().out
+        _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
+        assert config["target"] == "frame" and state["args"]["min_motion"] == data.MIN_MOTION
+
+
 def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
     """After the first evaluation the progress line says how the held-out scores compare with
     copying the last input; eval.jsonl holds the loss terms averaged since the last evaluation."""
@@ -314,7 +338,6 @@ def test_train_warmup_batch(tmp_path, monkeypatch, capsys, extra, sizes):
 def test_batch_prefetcher_draws_what_the_loop_would():
     """Drawn ahead on a thread, the batches are those drawn in the loop, and rng_before_pending()
     replays the batch requested but not taken."""
-    import data
     source = data.open_source(None, seed=3)
     plain, ahead = np.random.default_rng(5), np.random.default_rng(5)
     draws = train_min.BatchPrefetcher(source, ahead, 2, 1, 16)
