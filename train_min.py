@@ -592,7 +592,8 @@ def set_up_run(args, given, ops):
     resolve_training_flags(args, preset)
     video_defaults = [k for k in PRESETS[preset].get("on_video", {}) if k not in given] if args.data else []
     if video_defaults:
-        flags = lambda values: " ".join(f"{flag_name(k)} {_show(values[k])}" for k in video_defaults)
+        def flags(values):
+            return " ".join(f"{flag_name(k)} {_show(values[k])}" for k in video_defaults)
         print(f"preset {preset} on real video: " + " and ".join(VIDEO_DEFAULT_TEXT[k] for k in video_defaults)
               + f" ({flags(PRESETS[preset]['on_video'])}; on the synthetic videos {flags(PRESETS[preset])}; "
               + 'README "Real video")')
