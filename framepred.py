@@ -249,6 +249,8 @@ def generator_forward(ops, params, config, X):
     frame instead, C_k, and the prediction is that frame plus it: Y_hat_k = last_k + C_k, last_k
     being the last of the m frames of X_k. G then starts from copying the last frame (C ~ 0) and
     learns the motion, where the paper's G must first learn to pass every pixel through its layers.
+    train_min's small preset uses it on real video (--data; README "Real video"), where the 10-minute
+    G does not learn to redraw the still detail that copying gets right.
     """
     if X.ndim != 4 or X.shape[1] != 3 * config["m"]:
         raise ValueError(f"G expects input (N, {3 * config['m']}, H, W) (m={config['m']} RGB frames), got {tuple(X.shape)}")
