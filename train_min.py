@@ -200,17 +200,25 @@ def choose_preset(args, ops):
 VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame", "min_motion": "still patches train too"}
 
 
-def preset_value(preset, key, on_video):
-    """The preset's value for `key`, or its on_video one when training on a video folder (--data)."""
-    spec = PRESETS[preset]
-    return spec.get("on_video", {}).get(key, spec[key]) if on_video else spec[key]
+def apply_video_defaults(args, preset):
+    """On a video folder (--data), fill the flags left unset from the preset's on_video values, and
+    say so on one line."""
+    video = PRESETS[preset].get("on_video", {}) if args.data else {}
+    filled = [k for k in video if getattr(args, k) is None]
+    for k in filled:
+        setattr(args, k, video[k])
+    if filled:
+        def flags(values):
+            return " ".join(f"{flag_name(k)} {_show(values[k])}" for k in filled)
+        print(f"preset {preset} on real video: " + " and ".join(VIDEO_DEFAULT_TEXT[k] for k in filled)
+              + f" ({flags(video)}; on the synthetic videos {flags(PRESETS[preset])}; README \"Real video\")")
 
 
 def resolve_training_flags(args, preset):
     """Fill the optimiser, learning rates, initialisation and motion threshold left to the preset."""
     spec = PRESETS[preset]
     if args.min_motion is None:
-        args.min_motion = preset_value(preset, "min_motion", args.data is not None)
+        args.min_motion = spec["min_motion"]
     args.optimizer = args.optimizer or spec["optimizer"]
     rates = LEARNING_RATES[args.optimizer]
     args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
@@ -232,8 +240,7 @@ def build_config(args, preset):
     width = args.width if args.width is not None else PRESETS[preset]["width"]
     d_width = args.d_width if args.d_width is not None else (PRESETS[preset].get("d_width") if args.width is None else None)
     return fp.make_config(m=args.m, n=args.n, patch=args.patch, width=width, d_width=d_width,
-                          single_scale=args.single_scale,
-                          target=args.target or preset_value(preset, "target", args.data is not None),
+                          single_scale=args.single_scale, target=args.target or PRESETS[preset]["target"],
                           loss=args.loss, p=args.p, alpha=args.alpha, lam_lp=args.lam_lp,
                           lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
 
@@ -585,18 +592,12 @@ def set_up_run(args, given, ops):
               + (f" (applied from this command line: {', '.join(applied)})" if applied else ""))
         return args, params, config, start, rng, saved_opt
     preset = choose_preset(args, ops)
+    apply_video_defaults(args, preset)
     try:
         config = build_config(args, preset)
     except ValueError as e:
         raise RunError(str(e)) from e
     resolve_training_flags(args, preset)
-    video_defaults = [k for k in PRESETS[preset].get("on_video", {}) if k not in given] if args.data else []
-    if video_defaults:
-        def flags(values):
-            return " ".join(f"{flag_name(k)} {_show(values[k])}" for k in video_defaults)
-        print(f"preset {preset} on real video: " + " and ".join(VIDEO_DEFAULT_TEXT[k] for k in video_defaults)
-              + f" ({flags(PRESETS[preset]['on_video'])}; on the synthetic videos {flags(PRESETS[preset])}; "
-              + 'README "Real video")')
     params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
               fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
     args.preset = preset
