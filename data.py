@@ -22,6 +22,17 @@ MIN_MOTION = 1e-3  # default threshold on motion(): mean squared frame differenc
 MAX_TRIES = 20     # default number of draws before the motion filter gives up (keeps the last)
 
 
+def default_cache_mib():
+    """The decoded-frame cache's default size: half the memory Linux reports available, at least
+    1024 MiB (1024 where /proc/meminfo cannot be read)."""
+    try:
+        with open("/proc/meminfo") as f:
+            available_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 1024
+    return max(1024, available_kib // 2048)
+
+
 class DataError(Exception):
     """A problem with the input data (missing, empty, corrupt, unusable); the message names it."""
 
@@ -344,14 +355,15 @@ class VideoFolder:
     uses the test set.
 
     Videos are decoded lazily, once, into uint8 frames kept in an LRU cache of at most
-    ``cache_mib`` MiB (a video bigger than that is decoded every time). Once the cache has had
+    ``cache_mib`` MiB (default: ``default_cache_mib()``; a video bigger than that is decoded every
+    time it is drawn, with a DataWarning the first time). Once the cache has had
     to evict, ``sample`` draws a video from among the cached ones with probability ``reuse``
     (else uniformly from all), so that each decode serves about 1 / (1 - reuse) samples and
     decoding does not dominate training; reuse=0 draws uniformly always. Corrupt videos, videos
     with too few frames and videos smaller than the patch are skipped with a DataWarning and
     recorded in ``self.skipped`` as (path, reason); ``self.decodes`` and ``self.evictions`` count."""
 
-    def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=1024,
+    def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=None,
                  min_motion=MIN_MOTION, max_tries=MAX_TRIES, reuse=0.9):
         root = Path(path)
         if not root.exists():
@@ -365,8 +377,9 @@ class VideoFolder:
         self.root, self.subset, self.min_motion, self.max_tries = root, subset, min_motion, max_tries
         self.split_list = split_list
         self.reuse = reuse
+        cache_mib = default_cache_mib() if cache_mib is None else cache_mib
         self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
-        self._cache, self._bad = OrderedDict(), {}
+        self._cache, self._bad, self._too_big = OrderedDict(), {}, set()
         videos = find_videos(root)
         if not videos:
             raise DataError(f"no videos in {root}: searched recursively for {' '.join(VIDEO_EXTS)} "
@@ -423,6 +436,12 @@ class VideoFolder:
         if frames is None:
             frames = read_frames(path)
             self.decodes += 1
+            if frames.nbytes > self.cache_bytes and path not in self._too_big:
+                self._too_big.add(path)
+                warnings.warn(f"video {path} decodes to {frames.nbytes / 2 ** 20:.0f} MiB of frames, more than the "
+                              f"frame cache's {self.cache_bytes / 2 ** 20:.0f} MiB: it is decoded again each time it is "
+                              f"drawn, which slows training (shorten or downscale it, or free memory)",
+                              DataWarning, stacklevel=3)
             if frames.nbytes <= self.cache_bytes:
                 self._cache[path] = frames
                 while sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
@@ -523,7 +542,7 @@ class VideoFolder:
         return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
 
 
-def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=1024,
+def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=None,
                 min_motion=MIN_MOTION):
     """The data source for training and evaluation: SyntheticVideos(seed) when path is None,
     else VideoFolder(path, split_list, every_nth, subset, cache_mib). Training patches move more

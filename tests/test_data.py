@@ -349,6 +349,21 @@ def test_folder_cache_reuse(ucf, monkeypatch):
     assert reusing.decodes < uniform.decodes / 2 and len(reusing._cache) == 1
 
 
+def test_folder_cache_default_size_and_a_video_too_big_for_it(ucf, monkeypatch):
+    assert VideoFolder(ucf).cache_bytes == data.default_cache_mib() * 2 ** 20 >= 2 ** 30
+    meminfo = "MemTotal:       25000000 kB\nMemAvailable:   12582912 kB\n"  # 12 GiB available
+    monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(meminfo))
+    assert data.default_cache_mib() == 6144
+    monkeypatch.undo()
+    one = 12 * 40 * 48 * 3 / 2 ** 20
+    src = VideoFolder(ucf, cache_mib=one / 2)
+    entry = src.train_videos[0]
+    with pytest.warns(DataWarning, match="decoded again each time it is drawn") as caught:
+        src._load(entry), src._load(entry)
+    ours = [w for w in caught if issubclass(w.category, DataWarning)]
+    assert len(ours) == 1 and src.decodes == 2 and not src._cache  # warned once, decoded twice
+
+
 def test_folder_lru_evicts_least_recently_used(ucf):
     src = VideoFolder(ucf, cache_mib=2.5 * 12 * 40 * 48 * 3 / 2 ** 20)
     a, b, c = src.train_videos[:3]
