@@ -364,7 +364,7 @@ class VideoFolder:
     recorded in ``self.skipped`` as (path, reason); ``self.decodes`` and ``self.evictions`` count."""
 
     def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=None,
-                 min_motion=MIN_MOTION, max_tries=MAX_TRIES, reuse=0.9):
+                 min_motion=MIN_MOTION, max_tries=MAX_TRIES, reuse=0.9, pans=0.0):
         root = Path(path)
         if not root.exists():
             raise DataError(f"video folder does not exist: {root}")
@@ -376,7 +376,7 @@ class VideoFolder:
             raise DataError(f"every_nth must be a positive integer, got {every_nth!r}")
         self.root, self.subset, self.min_motion, self.max_tries = root, subset, min_motion, max_tries
         self.split_list = split_list
-        self.reuse = reuse
+        self.reuse, self.pans = reuse, pans
         cache_mib = default_cache_mib() if cache_mib is None else cache_mib
         self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
         self._cache, self._bad, self._too_big = OrderedDict(), {}, set()
@@ -478,7 +478,8 @@ class VideoFolder:
         """Random training patches from random videos of the subset: X float32 (batch, 3m, patch,
         patch), Y float32 (batch, 3n, patch, patch) in [-1, 1], channel 3t + c. Each sample: a video
         drawn at random (see ``reuse``), then m+n consecutive frames at a random start and a random patch location,
-        redrawn in that video (up to max_tries draws) until motion() > min_motion. Unusable videos
+        redrawn in that video (up to max_tries draws) until motion() > min_motion; or, with
+        probability ``pans``, a camera pan over one of its frames (pan_clip). Unusable videos
         are dropped for good; DataError when none is left. Deterministic given rng's state."""
         batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         clips = []
@@ -501,7 +502,10 @@ class VideoFolder:
                 def draw():
                     t, y, x = rng.integers(T - m - n + 1), rng.integers(H - patch + 1), rng.integers(W - patch + 1)
                     return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
-                clips.append(_filtered(draw, self.min_motion, self.max_tries))
+                if self.pans and rng.random() < self.pans:
+                    clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng))
+                else:
+                    clips.append(_filtered(draw, self.min_motion, self.max_tries))
         except DataError:
             raise
         except Exception as e:  # never a raw numpy/imageio traceback
@@ -542,16 +546,43 @@ class VideoFolder:
         return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
 
 
+def pan_clip(frame, length, patch, rng, zoom=1):
+    """A camera pan over one still frame: float32 (length, 3, patch, patch) in [-1, 1]. A window of
+    side zoom * patch moves by a random integer velocity (-3 zoom..3 zoom px per frame on each axis,
+    not both 0; less when the frame is too small to hold it) and is averaged down zoom x zoom, so
+    the patch moves by multiples of 1 / zoom px per frame (zoom 2: half pixels).
+    frame: uint8 (H, W, 3), H and W >= zoom * patch."""
+    H, W = frame.shape[:2]
+    side = zoom * patch
+    v = np.zeros(2, np.int64)
+    while not v.any():
+        v = rng.integers(-3 * zoom, 3 * zoom + 1, 2)
+    room = np.array([H - side, W - side]) // max(1, length - 1)  # the largest speed that fits, per axis
+    v = np.clip(v, -room, room)
+    span = np.abs(v) * (length - 1)
+    start = np.array([rng.integers(H - side - span[0] + 1), rng.integers(W - side - span[1] + 1)])
+    start += np.where(v < 0, span, 0)  # a negative velocity starts at the far side
+    y, x = start[0] + v[0] * np.arange(length), start[1] + v[1] * np.arange(length)
+    windows = np.stack([frame[y[t]:y[t] + side, x[t]:x[t] + side] for t in range(length)])  # (length, side, side, 3)
+    pooled = to_unit(windows).reshape(length, patch, zoom, patch, zoom, 3).mean(axis=(2, 4))
+    return np.ascontiguousarray(pooled.transpose(0, 3, 1, 2))
+
+
 def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed=0, cache_mib=None,
-                min_motion=MIN_MOTION):
+                min_motion=MIN_MOTION, pans=0.0):
     """The data source for training and evaluation: SyntheticVideos(seed) when path is None,
     else VideoFolder(path, split_list, every_nth, subset, cache_mib). Training patches move more
-    than min_motion (motion(); 0 keeps still ones)."""
+    than min_motion (motion(); 0 keeps still ones); a fraction ``pans`` of a folder's training
+    samples are camera pans over one of its frames (pan_clip)."""
     if not np.isfinite(min_motion) or min_motion < 0:
         raise DataError(f"the motion threshold must be a number >= 0, got {min_motion!r}")
+    if not 0 <= pans <= 1:  # False for NaN too
+        raise DataError(f"the fraction of camera pans must be a number in [0, 1], got {pans!r}")
     if path is None:
         if split_list is not None:
             raise DataError("a split list needs a video folder (path)")
+        if pans:
+            raise DataError("camera pans move over the frames of a video folder: give one (path, --data)")
         return SyntheticVideos(seed, min_motion=min_motion)
     return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib,
-                       min_motion=min_motion)
+                       min_motion=min_motion, pans=pans)

@@ -39,7 +39,7 @@ from kernels import DEVICES, BackendError, load_backend
 EVAL_SIDE = 96       # --eval-size: the side of the held-out frames scored during training (see eval_crop)
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame",
-                  min_motion=data.MIN_MOTION),
+                  min_motion=data.MIN_MOTION, pans=0.0),
     # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
     # batch 4; for the adversarial losses 6750 G-alone steps at batch 4 (--warmup-batch), then 750
     # adversarial iterations at batch 8, each about 4x the time of a G-alone step. (With one process
@@ -51,11 +51,13 @@ PRESETS = {
     # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
     # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
     "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
-                  d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION,
+                  d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION, pans=0.0,
                   # on real video (--data): G predicts the change from the last input frame, and still
                   # patches train too. Chosen on held-out real videos (README "Real video"): in 10 minutes
-                  # G cannot redraw a natural frame's still detail, which copying gets right.
-                  on_video=dict(target="change", min_motion=0.0)),
+                  # G cannot redraw a natural frame's still detail, which copying gets right. With only
+                  # that, G settles on copying; half the samples made camera pans over a training frame
+                  # (data.pan_clip) give it motion to learn.
+                  on_video=dict(target="change", min_motion=0.0, pans=0.5)),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
 # over the run, and rho_D. SGD's are the paper's (section 4.1).
@@ -99,6 +101,10 @@ def build_parser():
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "
                         f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: by "
                         f"preset: {data.MIN_MOTION:g}, the small preset 0 on --data videos)")
+    p.add_argument("--pans", type=float, default=None, metavar="F",
+                   help="with --data: the fraction of training samples that are camera pans, a patch moved at a "
+                        "random speed over one frame of a training video (data.pan_clip; not the paper's) "
+                        "(default: 0, the small preset 0.5 on --data videos)")
     p.add_argument("--out", default="runs/latest",
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
                         "another run is refused unless --force")
@@ -197,7 +203,8 @@ def choose_preset(args, ops):
     return preset
 
 
-VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame", "min_motion": "still patches train too"}
+VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame", "min_motion": "still patches train too",
+                      "pans": "half the training samples are camera pans over one of their frames"}
 
 
 def apply_video_defaults(args, preset):
@@ -210,7 +217,8 @@ def apply_video_defaults(args, preset):
     if filled:
         def flags(values):
             return " ".join(f"{flag_name(k)} {_show(values[k])}" for k in filled)
-        print(f"preset {preset} on real video: " + " and ".join(VIDEO_DEFAULT_TEXT[k] for k in filled)
+        said = [VIDEO_DEFAULT_TEXT[k] for k in filled]
+        print(f"preset {preset} on real video: " + " and ".join([", ".join(said[:-1]), said[-1]] if len(said) > 1 else said)
               + f" ({flags(video)}; on the synthetic videos {flags(PRESETS[preset])}; README \"Real video\")")
 
 
@@ -219,6 +227,8 @@ def resolve_training_flags(args, preset):
     spec = PRESETS[preset]
     if args.min_motion is None:
         args.min_motion = spec["min_motion"]
+    if args.pans is None:
+        args.pans = spec["pans"]
     args.optimizer = args.optimizer or spec["optimizer"]
     rates = LEARNING_RATES[args.optimizer]
     args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
@@ -293,9 +303,19 @@ def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
     pred = np.concatenate([fp.predict_tiled(ops, params, config, data.stack_frames(clips[i:i + 8, :m]), memory)[:, :3]
                            for i in range(0, len(clips), 8)])
     last = clips[:, m - 1]
-    return dict(psnr=float(np.mean(metrics.psnr(pred, Y))), sharp=float(np.mean(metrics.sharpness_difference(pred, Y))),
-                psnr_last=float(np.mean(metrics.psnr(last, Y))),
-                sharp_last=float(np.mean(metrics.sharpness_difference(last, Y))))
+    kept = ~repeats_last_frame(clips, m)
+    kept = kept if kept.any() else ~kept
+    return dict(psnr=float(np.mean(metrics.psnr(pred, Y)[kept])),
+                sharp=float(np.mean(metrics.sharpness_difference(pred, Y)[kept])),
+                psnr_last=float(np.mean(metrics.psnr(last, Y)[kept])),
+                sharp_last=float(np.mean(metrics.sharpness_difference(last, Y)[kept])))
+
+
+def repeats_last_frame(clips, m):
+    """(count,) bool: the clip's frame to predict is its last input repeated exactly (a video with
+    duplicated frames), where copying scores infinite PSNR; evaluate leaves such clips out of its
+    means unless every clip is one. clips: (count, m+1, 3, H, W)."""
+    return np.all(clips[:, m] == clips[:, m - 1], axis=(1, 2, 3))
 
 
 def save_sample_grid(path, ops, params, config, X, Y, rows=4, title=None):
@@ -403,7 +423,7 @@ def resume_run(args, given=frozenset()):
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
                               ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0),
-                              ("min_motion", data.MIN_MOTION)):
+                              ("min_motion", data.MIN_MOTION), ("pans", 0.0)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -625,7 +645,8 @@ def run(args, given=frozenset()):
         args.warmup_batch = 4 if "batch" not in given and not args.resume else batch
     m, n = config["m"], config["n"]
     try:
-        source = data.open_source(args.data, split_list=args.split_list, seed=args.seed, min_motion=args.min_motion)
+        source = data.open_source(args.data, split_list=args.split_list, seed=args.seed, min_motion=args.min_motion,
+                                  pans=args.pans)
         test_source = source if args.data else data.open_source(None, seed=args.seed)
         if args.data:
             print(source.split_summary())
@@ -642,6 +663,10 @@ def run(args, given=frozenset()):
                   f"scores whole frames)")
     except data.DataError as e:
         raise RunError(str(e)) from e
+    repeats = 0 if clips is None else int(repeats_last_frame(clips, m).sum())
+    if repeats:
+        print(f"held-out: {repeats} of the {len(clips)} clips end on a repeated frame (the same as their last input: "
+              f"a video with duplicated frames); {'they are left out of the scores' if repeats < len(clips) else 'copying scores inf dB on all of them'}")
     if getattr(source, "skipped", None):
         print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
     params = {k: ops.asarray(v) for k, v in params.items()}

@@ -300,6 +300,62 @@ def test_folder_min_motion_zero_keeps_still_patches(tmp_path):
             data.open_source(None, min_motion=bad)
 
 
+def _pan_velocity(clip):
+    """The integer (vy, vx), |vy|, |vx| <= 3, with clip[t + 1] = clip[t] moved by -v on the overlap
+    for every t ((0, 0) first: a still clip); else None."""
+    P = clip.shape[-1]
+    for vy, vx in sorted(((vy, vx) for vy in range(-3, 4) for vx in range(-3, 4)), key=lambda v: v != (0, 0)):
+        a = clip[1:, :, max(0, -vy):P - max(0, vy), max(0, -vx):P - max(0, vx)]
+        b = clip[:-1, :, max(0, vy):P - max(0, -vy), max(0, vx):P - max(0, -vx)]
+        if np.array_equal(a, b):
+            return vy, vx
+    return None
+
+
+def test_data_pan_clip_moves_one_frame_at_one_velocity():
+    frame = np.random.default_rng(0).integers(0, 256, (60, 70, 3), dtype=np.uint8)
+    seen = set()
+    for seed in range(20):
+        clip = data.pan_clip(frame, 5, 16, np.random.default_rng(seed))
+        assert clip.shape == (5, 3, 16, 16) and clip.dtype == np.float32
+        v = _pan_velocity(clip)
+        assert v is not None and v != (0, 0) and max(map(abs, v)) <= 3
+        seen.add(v)
+        assert np.array_equal(clip, data.pan_clip(frame, 5, 16, np.random.default_rng(seed)))
+    assert len(seen) > 5  # velocities vary
+    tight = np.random.default_rng(1).integers(0, 256, (18, 17, 3), dtype=np.uint8)  # room for 2 and 1 px per frame
+    for seed in range(10):
+        vy, vx = _pan_velocity(data.pan_clip(tight, 2, 16, np.random.default_rng(seed)))
+        assert abs(vy) <= 2 and abs(vx) <= 1
+
+
+def test_data_pan_clip_zoom_moves_half_pixels():
+    """zoom 2 averages 2x2 pixels of a window moving by whole pixels: on a ramp that rises by one
+    grey level per pixel across the frame, a frame of the patch differs from the next by the
+    velocity in half pixels, the same everywhere."""
+    ramp = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (120, 200, 3))
+    halves = set()
+    for seed in range(12):
+        clip = data.pan_clip(ramp, 4, 16, np.random.default_rng(seed), zoom=2)
+        assert clip.shape == (4, 3, 16, 16)
+        step = (clip[1:] - clip[:-1]) * 127.5  # grey levels = full-resolution pixels moved
+        assert np.allclose(step, step.flat[0], atol=1e-3) and abs(step.flat[0]) <= 6
+        halves.add(int(round(step.flat[0])) % 2)
+    assert halves == {0, 1}  # odd full-resolution steps: half a pixel of the patch
+
+
+def test_folder_pans_fraction(tmp_path):
+    write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
+
+    def pan_count(pans):
+        X, Y = data.open_source(str(tmp_path / "v"), min_motion=0, pans=pans).sample(40, 4, 1, 16, np.random.default_rng(3))
+        clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
+        return sum(_pan_velocity(c) not in (None, (0, 0)) for c in clips)
+    assert pan_count(1.0) == 40
+    assert pan_count(0.0) < 10  # the square moves over a still background: not a pan
+    assert 10 < pan_count(0.5) < 30
+
+
 def test_folder_split_list_every_nth(ucf, tmp_path):
     lst = tmp_path / "testlist01.txt"
     lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"

@@ -12,6 +12,7 @@ import pytest
 
 import data
 import framepred as fp
+import metrics
 import train_min
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +62,28 @@ def write_video_folder(root, count=3, frames=12, size=(40, 48)):
             video[t, 8:20, 4 + 2 * t:16 + 2 * t] = (200, 100 + 10 * i, 50)
         iio.imwrite(folder / f"v_Class{i}_g01_c01.avi", video, fps=10, codec="mjpeg")
     return root
+
+
+def test_train_held_out_clips_ending_on_a_repeated_frame(tmp_path, capsys):
+    """A held-out video with duplicated frames (each frame twice): the clips whose frame to predict
+    repeats their last input (copying: inf dB) are named at the start and left out of the scores."""
+    write_video_folder(tmp_path / "videos")
+    held_out = tmp_path / "videos" / "Doubled" / "v_Doubled_g01_c01"
+    held_out.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 255, (40, 48, 3), dtype=np.uint8) for _ in range(6)]
+    for t in range(12):  # frames 0 0 1 1 2 2 ...: the window of 5 from frame 0 ends on a new frame, from 5 on a repeat
+        iio.imwrite(held_out / f"{t:03d}.png", frames[t // 2])
+    (tmp_path / "list.txt").write_text("Doubled/v_Doubled_g01_c01\n")
+    clips = data.open_source(str(tmp_path / "videos"), split_list=str(tmp_path / "list.txt")).test_clips(2, 5)
+    assert np.isinf(metrics.psnr(clips[1:, 3], clips[1:, 4])).all()
+    assert list(train_min.repeats_last_frame(clips, 4)) == [False, True]
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-every", "1", "--eval-clips", "2",
+                      "--data", str(tmp_path / "videos"), "--split-list", str(tmp_path / "list.txt"))
+    text = capsys.readouterr().out
+    assert code == 0 and "held-out: 1 of the 2 clips end on a repeated frame" in text
+    evals = [line for line in text.splitlines() if line.startswith("eval step")]
+    assert evals and "inf" not in " ".join(evals) and "nan" not in " ".join(evals)
 
 
 def test_train_on_video_folder(tmp_path, capsys):
@@ -175,6 +198,9 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
     (["--val", "--data", "."], "--val is for the synthetic videos"),
     (["--min-motion", "-1"], "motion threshold must be a number >= 0"),
     (["--min-motion", "nan"], "motion threshold must be a number >= 0"),
+    (["--pans", "0.5"], "camera pans move over the frames of a video folder"),
+    (["--pans", "1.5", "--data", "."], "fraction of camera pans must be a number in [0, 1]"),
+    (["--pans", "nan", "--data", "."], "fraction of camera pans must be a number in [0, 1]"),
 ])
 def test_train_bad_input_message(tmp_path, capsys, extra, message):
     if extra == ["--device", "gpu"] and usable_gpu():
@@ -239,6 +265,25 @@ def test_train_min_motion_is_kept_by_the_run(tmp_path, capsys, monkeypatch):
     assert train_min.main(["--resume", run, "--steps", "2", "--min-motion", "0"]) == 0
 
 
+def test_train_pans_are_kept_by_the_run(tmp_path, capsys, monkeypatch):
+    """--pans: the fraction of camera pans reaches the video folder, is saved with the run and kept
+    by --resume (another value is refused)."""
+    videos = write_video_folder(tmp_path / "videos")
+    seen = []
+    real_open = train_min.data.open_source
+
+    def open_source(*args, **kwargs):
+        seen.append(real_open(*args, **kwargs))
+        return seen[-1]
+    monkeypatch.setattr(train_min.data, "open_source", open_source)
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), "--pans", "0.25")
+    assert code == 0 and seen[0].pans == 0.25
+    assert fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))[2]["args"]["pans"] == 0.25
+    assert train_min.main(["--resume", run, "--steps", "2", "--pans", "0.5"]) == 1
+    assert "--pans 0.5 (the run has 0.25)" in capsys.readouterr().err
+    assert train_min.main(["--resume", run, "--steps", "2"]) == 0 and seen[-1].pans == 0.25
+
+
 def test_train_small_preset_on_real_video(tmp_path, capsys):
     """The small preset on --data videos: G predicts the change and still patches train, said at the
     start; a flag given on the command line wins; the synthetic videos and the paper preset keep
@@ -246,14 +291,16 @@ def test_train_small_preset_on_real_video(tmp_path, capsys):
     videos = write_video_folder(tmp_path / "videos")
     code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), name="video")
     text = capsys.readouterr().out
-    assert code == 0 and "preset small on real video: G predicts the change from the last input frame and " \
-                         "still patches train too (--target change --min-motion 0;" in text
+    assert code == 0 and "preset small on real video: G predicts the change from the last input frame, " \
+                         "still patches train too and half the training samples are camera pans over one of " \
+                         "their frames (--target change --min-motion 0 --pans 0.5;" in text
     _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
-    assert config["target"] == "change" and state["args"]["min_motion"] == 0.0
+    assert config["target"] == "change" and state["args"]["min_motion"] == 0.0 and state["args"]["pans"] == 0.5
     code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), "--target", "frame",
                         name="video_frame")
     text = capsys.readouterr().out
-    assert code == 0 and "on real video: still patches train too (--min-motion 0;" in text
+    assert code == 0 and "on real video: still patches train too and half the training samples are camera " \
+                         "pans over one of their frames (--min-motion 0 --pans 0.5;" in text
     _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
     assert config["target"] == "frame" and state["args"]["min_motion"] == 0.0
     for extra, name in ((["--preset", "paper", "--width", "0.125", "--data", str(videos)], "paper"), ([], "synthetic")):
@@ -261,6 +308,7 @@ def test_train_small_preset_on_real_video(tmp_path, capsys):
         assert code == 0 and "on real video" not in capsys.readouterr().out
         _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
         assert config["target"] == "frame" and state["args"]["min_motion"] == data.MIN_MOTION
+        assert state["args"]["pans"] == 0.0
 
 
 def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, monkeypatch):
