@@ -479,7 +479,8 @@ class VideoFolder:
         patch), Y float32 (batch, 3n, patch, patch) in [-1, 1], channel 3t + c. Each sample: a video
         drawn at random (see ``reuse``), then m+n consecutive frames at a random start and a random patch location,
         redrawn in that video (up to max_tries draws) until motion() > min_motion; or, with
-        probability ``pans``, a camera pan over one of its frames (pan_clip). Unusable videos
+        probability ``pans``, a camera pan over one of its frames (pan_clip; half of them at zoom 2,
+        half-pixel speeds, where the frame holds twice the patch). Unusable videos
         are dropped for good; DataError when none is left. Deterministic given rng's state."""
         batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         clips = []
@@ -503,7 +504,8 @@ class VideoFolder:
                     t, y, x = rng.integers(T - m - n + 1), rng.integers(H - patch + 1), rng.integers(W - patch + 1)
                     return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
                 if self.pans and rng.random() < self.pans:
-                    clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng))
+                    zoom = 2 if rng.random() < 0.5 and min(H, W) >= 2 * patch else 1  # half: half-pixel speeds
+                    clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng, zoom))
                 else:
                     clips.append(_filtered(draw, self.min_motion, self.max_tries))
         except DataError:

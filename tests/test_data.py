@@ -345,15 +345,19 @@ def test_data_pan_clip_zoom_moves_half_pixels():
 
 
 def test_folder_pans_fraction(tmp_path):
+    """sample(): a fraction ``pans`` of the clips are camera pans; where the 40x48 frames hold twice
+    the patch (16, not 24), half of those move at 0, 0.5, ..., 3 px per frame on each axis, which
+    is not a whole-pixel shift unless both speeds are whole (about 30% of them)."""
     write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
 
-    def pan_count(pans):
-        X, Y = data.open_source(str(tmp_path / "v"), min_motion=0, pans=pans).sample(40, 4, 1, 16, np.random.default_rng(3))
+    def pan_count(pans, patch):
+        X, Y = data.open_source(str(tmp_path / "v"), min_motion=0, pans=pans).sample(40, 4, 1, patch, np.random.default_rng(3))
         clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
         return sum(_pan_velocity(c) not in (None, (0, 0)) for c in clips)
-    assert pan_count(1.0) == 40
-    assert pan_count(0.0) < 10  # the square moves over a still background: not a pan
-    assert 10 < pan_count(0.5) < 30
+    assert pan_count(1.0, 24) == 40
+    assert pan_count(0.0, 24) < 10  # the square moves over a still background: not a pan
+    assert 10 < pan_count(0.5, 24) < 30
+    assert 20 < pan_count(1.0, 16) < 36  # the others move by half pixels on an axis
 
 
 def test_folder_split_list_every_nth(ucf, tmp_path):
