@@ -584,7 +584,8 @@ def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed
         if split_list is not None:
             raise DataError("a split list needs a video folder (path)")
         if pans:
-            raise DataError("camera pans move over the frames of a video folder: give one (path, --data)")
+            raise DataError("camera pans (--pans) move over the frames of a video folder (--data); "
+                            "the synthetic videos have none")
         return SyntheticVideos(seed, min_motion=min_motion)
     return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib,
                        min_motion=min_motion, pans=pans)
