@@ -438,9 +438,9 @@ class VideoFolder:
             self.decodes += 1
             if frames.nbytes > self.cache_bytes and path not in self._too_big:
                 self._too_big.add(path)
-                warnings.warn(f"video {path} decodes to {frames.nbytes / 2 ** 20:.0f} MiB of frames, more than the "
-                              f"frame cache's {self.cache_bytes / 2 ** 20:.0f} MiB: it is decoded again each time it is "
-                              f"drawn, which slows training (shorten or downscale it, or free memory)",
+                warnings.warn(f"video {path} decodes to {frames.nbytes / 2 ** 20:.0f} MiB of frames, more than "
+                              f"the frame cache's {self.cache_bytes / 2 ** 20:.0f} MiB: it is decoded again each "
+                              f"time it is drawn, which slows training (shorten or downscale it, or free memory)",
                               DataWarning, stacklevel=3)
             if frames.nbytes <= self.cache_bytes:
                 self._cache[path] = frames

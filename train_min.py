@@ -203,7 +203,8 @@ def choose_preset(args, ops):
     return preset
 
 
-VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame", "min_motion": "still patches train too",
+VIDEO_DEFAULT_TEXT = {"target": "G predicts the change from the last input frame",
+                      "min_motion": "still patches train too",
                       "pans": "half the training samples are camera pans over one of their frames"}
 
 
@@ -218,7 +219,8 @@ def apply_video_defaults(args, preset):
         def flags(values):
             return " ".join(f"{flag_name(k)} {_show(values[k])}" for k in filled)
         said = [VIDEO_DEFAULT_TEXT[k] for k in filled]
-        print(f"preset {preset} on real video: " + " and ".join([", ".join(said[:-1]), said[-1]] if len(said) > 1 else said)
+        said = [", ".join(said[:-1]), said[-1]] if len(said) > 1 else said
+        print(f"preset {preset} on real video: " + " and ".join(said)
               + f" ({flags(video)}; on the synthetic videos {flags(PRESETS[preset])}; README \"Real video\")")
 
 
@@ -665,8 +667,9 @@ def run(args, given=frozenset()):
         raise RunError(str(e)) from e
     repeats = 0 if clips is None else int(repeats_last_frame(clips, m).sum())
     if repeats:
+        what = "they are left out of the scores" if repeats < len(clips) else "copying scores inf dB on all of them"
         print(f"held-out: {repeats} of the {len(clips)} clips end on a repeated frame (the same as their last input: "
-              f"a video with duplicated frames); {'they are left out of the scores' if repeats < len(clips) else 'copying scores inf dB on all of them'}")
+              f"a video with duplicated frames); {what}")
     if getattr(source, "skipped", None):
         print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
     params = {k: ops.asarray(v) for k, v in params.items()}

@@ -351,7 +351,8 @@ def test_folder_pans_fraction(tmp_path):
     write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
 
     def pan_count(pans, patch):
-        X, Y = data.open_source(str(tmp_path / "v"), min_motion=0, pans=pans).sample(40, 4, 1, patch, np.random.default_rng(3))
+        source = data.open_source(str(tmp_path / "v"), min_motion=0, pans=pans)
+        X, Y = source.sample(40, 4, 1, patch, np.random.default_rng(3))
         clips = data.unstack_frames(np.concatenate([X, Y], axis=1))
         return sum(_pan_velocity(c) not in (None, (0, 0)) for c in clips)
     assert pan_count(1.0, 24) == 40
