@@ -55,8 +55,9 @@ PRESETS = {
                   # on real video (--data): G predicts the change from the last input frame, and still
                   # patches train too. Chosen on held-out real videos (README "Real video"): in 10 minutes
                   # G cannot redraw a natural frame's still detail, which copying gets right. With only
-                  # that, G settles on copying; half the samples made camera pans over a training frame
-                  # (data.pan_clip) give it motion to learn.
+                  # that, G settles on copying (+0.01 dB on the validation videos); making half the
+                  # training samples camera pans over a training frame (data.pan_clip) gives it motion
+                  # to learn (+0.80 dB).
                   on_video=dict(target="change", min_motion=0.0, pans=0.5)),
 }
 # Learning rates per optimiser: rho_G lowered geometrically from the first to the second value
