@@ -306,18 +306,15 @@ def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
     pred = np.concatenate([fp.predict_tiled(ops, params, config, data.stack_frames(clips[i:i + 8, :m]), memory)[:, :3]
                            for i in range(0, len(clips), 8)])
     last = clips[:, m - 1]
-    kept = ~repeats_last_frame(clips, m)
-    kept = kept if kept.any() else ~kept
-    return dict(psnr=float(np.mean(metrics.psnr(pred, Y)[kept])),
-                sharp=float(np.mean(metrics.sharpness_difference(pred, Y)[kept])),
-                psnr_last=float(np.mean(metrics.psnr(last, Y)[kept])),
-                sharp_last=float(np.mean(metrics.sharpness_difference(last, Y)[kept])))
+    return dict(psnr=float(np.mean(metrics.psnr(pred, Y))), sharp=float(np.mean(metrics.sharpness_difference(pred, Y))),
+                psnr_last=float(np.mean(metrics.psnr(last, Y))),
+                sharp_last=float(np.mean(metrics.sharpness_difference(last, Y))))
 
 
 def repeats_last_frame(clips, m):
     """(count,) bool: the clip's frame to predict is its last input repeated exactly (a video with
-    duplicated frames), where copying scores infinite PSNR; evaluate leaves such clips out of its
-    means unless every clip is one. clips: (count, m+1, 3, H, W)."""
+    duplicated frames), where copying scores infinite PSNR; run leaves such clips out of the held-out
+    set unless every clip is one. clips: (count, m+1, 3, H, W)."""
     return np.all(clips[:, m] == clips[:, m - 1], axis=(1, 2, 3))
 
 
@@ -666,11 +663,12 @@ def run(args, given=frozenset()):
                   f"scores whole frames)")
     except data.DataError as e:
         raise RunError(str(e)) from e
-    repeats = 0 if clips is None else int(repeats_last_frame(clips, m).sum())
-    if repeats:
-        what = "they are left out of the scores" if repeats < len(clips) else "copying scores inf dB on all of them"
-        print(f"held-out: {repeats} of the {len(clips)} clips end on a repeated frame (the same as their last input: "
-              f"a video with duplicated frames); {what}")
+    repeats = np.zeros(0, bool) if clips is None else repeats_last_frame(clips, m)
+    if repeats.any():
+        what = "they are left out of the scores" if not repeats.all() else "copying scores inf dB on all of them"
+        print(f"held-out: {int(repeats.sum())} of the {len(clips)} clips end on a repeated frame (the same as their "
+              f"last input: a video with duplicated frames); {what}")
+        clips = clips if repeats.all() else clips[~repeats]
     if getattr(source, "skipped", None):
         print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
     params = {k: ops.asarray(v) for k, v in params.items()}
