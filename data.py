@@ -296,10 +296,10 @@ class SyntheticVideos:
         return np.stack(clips) if clips else np.zeros((0, int(length), 3, h, w), np.float32)
 
 
-def _velocity(rng):
-    """A random integer velocity (vy, vx), each in -3..3, not both zero."""
+def _velocity(rng, top=3):
+    """A random integer velocity (vy, vx), each in -top..top, not both zero."""
     while True:
-        v = rng.integers(-3, 4, 2)
+        v = rng.integers(-top, top + 1, 2)
         if v.any():
             return v
 
@@ -556,9 +556,7 @@ def pan_clip(frame, length, patch, rng, zoom=1):
     frame: uint8 (H, W, 3), H and W >= zoom * patch."""
     H, W = frame.shape[:2]
     side = zoom * patch
-    v = np.zeros(2, np.int64)
-    while not v.any():
-        v = rng.integers(-3 * zoom, 3 * zoom + 1, 2)
+    v = _velocity(rng, 3 * zoom)
     room = np.array([H - side, W - side]) // max(1, length - 1)  # the largest speed that fits, per axis
     v = np.clip(v, -room, room)
     span = np.abs(v) * (length - 1)

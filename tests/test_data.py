@@ -2,6 +2,7 @@
 
 The folder tests write their own small videos (12 frames of 40x48, a moving square) with imageio
 into a UCF101-like layout under tmp_path; nothing is downloaded."""
+import io
 import shutil
 import warnings
 
@@ -413,7 +414,7 @@ def test_folder_cache_reuse(ucf, monkeypatch):
 def test_folder_cache_default_size_and_a_video_too_big_for_it(ucf, monkeypatch):
     assert VideoFolder(ucf).cache_bytes == data.default_cache_mib() * 2 ** 20 >= 2 ** 30
     meminfo = "MemTotal:       25000000 kB\nMemAvailable:   12582912 kB\n"  # 12 GiB available
-    monkeypatch.setattr("builtins.open", lambda *a, **k: __import__("io").StringIO(meminfo))
+    monkeypatch.setattr("builtins.open", lambda *a, **k: io.StringIO(meminfo))
     assert data.default_cache_mib() == 6144
     monkeypatch.undo()
     one = 12 * 40 * 48 * 3 / 2 ** 20
