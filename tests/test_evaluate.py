@@ -369,3 +369,32 @@ def test_predict_subprocess_exit_status(ckpts, tmp_path):
                        capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert r.returncode == 1
     assert "has 2 frames" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_leaves_out_clips_whose_frame_to_predict_repeats_the_last_input(ckpts, tmp_path, capsys):
+    """A held-out video with duplicated frames: of its three 6-frame windows, the two whose 1st or 2nd
+    frame to predict equals the last input (copying: inf dB) are left out and counted, so the table
+    has no inf."""
+    root = tmp_path / "videos"
+    order = {"Train": list(range(18)),
+             # windows: 6 new frames; the 1st frame to predict repeats the last input; so does the 2nd
+             "Doubled": [0, 1, 2, 3, 4, 5] + [6, 7, 8, 9, 9, 10] + [11, 12, 13, 14, 15, 14]}
+    for name, sequence in order.items():
+        folder = root / name / f"v_{name}_g01_c01"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(len(name))
+        frames = rng.integers(0, 255, (18, 32, 32, 3), dtype=np.uint8)
+        for t, k in enumerate(sequence):
+            iio.imwrite(folder / f"{t:03d}.png", frames[k])
+    (tmp_path / "list.txt").write_text("Doubled/v_Doubled_g01_c01\n")
+    clips, _ = metrics.load_test_set(str(root), str(tmp_path / "list.txt"), 1, 3, 6, None)
+    assert list(metrics.repeated_targets(clips)) == [False, True, True]
+    out = str(tmp_path / "eval")
+    rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--data", str(root), "--split-list",
+                       str(tmp_path / "list.txt"), "--clips", "3", "--device", "cpu", "--out", out, "--figures", "0"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "2 of them left out, whose frame to predict repeats the last input exactly" in captured.err
+    assert "inf" not in captured.out.replace("Sharp. diff.", "")
+    rows = list(csv.DictReader(open(os.path.join(out, "table.csv"), encoding="utf-8")))
+    assert all(math.isfinite(float(v)) for row in rows for k, v in row.items() if k.startswith("whole_"))
