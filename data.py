@@ -504,7 +504,8 @@ class VideoFolder:
                     t, y, x = rng.integers(T - m - n + 1), rng.integers(H - patch + 1), rng.integers(W - patch + 1)
                     return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
                 if self.pans and rng.random() < self.pans:
-                    zoom = 2 if rng.random() < 0.5 and min(H, W) >= 2 * patch else 1  # half: half-pixel speeds
+                    # half at zoom 2 (half-pixel speeds), where the frame holds twice the patch and room to move it
+                    zoom = 2 if rng.random() < 0.5 and min(H, W) >= 2 * patch + m + n - 1 else 1
                     clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng, zoom))
                 else:
                     clips.append(_filtered(draw, self.min_motion, self.max_tries))

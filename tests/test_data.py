@@ -360,6 +360,7 @@ def test_folder_pans_fraction(tmp_path):
     assert pan_count(0.0, 24) < 10  # the square moves over a still background: not a pan
     assert 10 < pan_count(0.5, 24) < 30
     assert 20 < pan_count(1.0, 16) < 36  # the others move by half pixels on an axis
+    assert pan_count(1.0, 20) == 40  # 40 px: twice the patch, but no room to move it: whole pixels only
 
 
 def test_folder_split_list_every_nth(ucf, tmp_path):
