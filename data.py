@@ -191,21 +191,21 @@ class SyntheticVideos:
     caller's rng); test clip i from ``default_rng([seed, 1, i])``: the two never coincide. Sprite j
     of a clip moves by its own stream ``[seed, *key, 1 + j]``, so shorter clips are prefixes."""
 
-    def __init__(self, seed=0, frame_size=64, min_motion=MIN_MOTION, max_tries=MAX_TRIES, p_change=0.1):
+    def __init__(self, seed=0, frame_size=64, min_motion=MIN_MOTION, max_tries=MAX_TRIES, p_change=0.1, pans=0.0):
         if int(seed) != seed or not 0 <= seed < 2 ** 32:  # one 32-bit word: keys stay apart
             raise DataError(f"seed must be an integer in [0, 2**32), got {seed!r}")
         if frame_size < 16:
             raise DataError(f"frame_size must be at least 16, got {frame_size}")
         self.seed, self.frame_size = int(seed), int(frame_size)
-        self.min_motion, self.max_tries, self.p_change = min_motion, max_tries, p_change
+        self.min_motion, self.max_tries, self.p_change, self.pans = min_motion, max_tries, p_change, pans
         self.skipped = []  # never anything here; same attribute as VideoFolder
 
-    def render(self, length, key):
+    def render(self, length, key, size=None):
         """Render the clip named by key (a tuple of non-negative ints): float32 (length, 3, S, S)
-        in [-1, 1], S = frame_size. The same key always gives the same clip, and a shorter clip
-        is the start of a longer one (trajectories draw from their own streams)."""
+        in [-1, 1], S = size or frame_size. The same key and size always give the same clip, and a
+        shorter clip is the start of a longer one (trajectories draw from their own streams)."""
         rng = np.random.default_rng([self.seed, *key])
-        S, T = self.frame_size, int(length)
+        S, T = int(size or self.frame_size), int(length)
         t = np.arange(T, dtype=np.float32)[:, None, None]
         # background: base colour + 3 periodic sinusoids, each with its own colour, moving with v_bg
         # (cos(a + b) = cos a cos b - sin a sin b keeps the work on (T, S) vectors)
@@ -226,7 +226,7 @@ class SyntheticVideos:
         ly, lx = np.mgrid[-8:9, -8:9].astype(np.float32)  # sprite-local coordinates
         for i in range(count):
             r = int(rng.integers(4, 9))
-            pos = self._trajectory(np.random.default_rng([self.seed, *key, 1 + i]), T, r)
+            pos = self._trajectory(np.random.default_rng([self.seed, *key, 1 + i]), T, r, S)
             y, x = ly[8 - r:9 + r, 8 - r:9 + r], lx[8 - r:9 + r, 8 - r:9 + r]
             mask = (y ** 2 + x ** 2 <= r * r + r) if rng.random() < 0.5 else np.ones(y.shape, bool)
             kind = rng.integers(3)
@@ -244,10 +244,11 @@ class SyntheticVideos:
                 np.copyto(out[t, :, py - r:py + r + 1, px - r:px + r + 1], sprite, where=mask)
         return np.clip(out, -1, 1, out=out)
 
-    def _trajectory(self, rng, T, r):
-        """Integer (y, x) centres (T, 2) of a sprite of half-size r: constant velocity, bouncing
-        off the walls, a new random velocity with probability p_change at each frame."""
-        lo, hi = r, self.frame_size - 1 - r
+    def _trajectory(self, rng, T, r, S=None):
+        """Integer (y, x) centres (T, 2) of a sprite of half-size r in S x S frames (S: frame_size by
+        default): constant velocity, bouncing off the walls, a new random velocity with probability
+        p_change at each frame."""
+        lo, hi = r, (S or self.frame_size) - 1 - r
         pos = np.empty((T, 2), np.int64)
         p, v = rng.integers(lo, hi + 1, 2), _velocity(rng)
         for t in range(T):
@@ -267,7 +268,9 @@ class SyntheticVideos:
         """Random training patches: X float32 (batch, 3m, patch, patch), Y float32
         (batch, 3n, patch, patch) in [-1, 1], frames stacked oldest first (channel 3t + c). Each
         sample is a fresh clip of m+n frames and a random patch location, redrawn (up to max_tries
-        draws) until motion() > min_motion. Deterministic given rng's state and self.seed."""
+        draws) until motion() > min_motion; or, with probability ``pans``, a camera pan (pan_clip) over
+        one frame rendered at zoom * patch + 8(m+n) px or more (half of them at zoom 2: half-pixel
+        speeds). Deterministic given rng's state and self.seed."""
         batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         if patch > self.frame_size:
             raise DataError(f"patch {patch} is larger than the synthetic frame size {self.frame_size}")
@@ -277,7 +280,13 @@ class SyntheticVideos:
             clip = self.render(m + n, (0, int(rng.integers(2 ** 62))))
             y, x = rng.integers(0, S - patch + 1, 2)
             return clip[:, :, y:y + patch, x:x + patch]
-        clips = np.stack([_filtered(draw, self.min_motion, self.max_tries) for _ in range(batch)])
+
+        def pan():  # one frame, rendered large enough to move the window; half at zoom 2 (half-pixel speeds)
+            zoom = 2 if rng.random() < 0.5 else 1
+            frame = self.render(1, (0, int(rng.integers(2 ** 62))), size=max(S, zoom * patch + 8 * (m + n)))
+            return pan_clip(to_uint8(frame[0].transpose(1, 2, 0)), m + n, patch, rng, zoom)
+        clips = np.stack([pan() if self.pans and rng.random() < self.pans
+                          else _filtered(draw, self.min_motion, self.max_tries) for _ in range(batch)])
         return _split_xy(clips, m)
 
     def test_clips(self, count, length, size=None, split="test"):
@@ -573,8 +582,8 @@ def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed
                 min_motion=MIN_MOTION, pans=0.0):
     """The data source for training and evaluation: SyntheticVideos(seed) when path is None,
     else VideoFolder(path, split_list, every_nth, subset, cache_mib). Training patches move more
-    than min_motion (motion(); 0 keeps still ones); a fraction ``pans`` of a folder's training
-    samples are camera pans over one of its frames (pan_clip)."""
+    than min_motion (motion(); 0 keeps still ones); a fraction ``pans`` of the training samples are
+    camera pans over one of the frames (pan_clip)."""
     if not np.isfinite(min_motion) or min_motion < 0:
         raise DataError(f"the motion threshold must be a number >= 0, got {min_motion!r}")
     if not 0 <= pans <= 1:  # False for NaN too
@@ -582,9 +591,6 @@ def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed
     if path is None:
         if split_list is not None:
             raise DataError("a split list needs a video folder (path)")
-        if pans:
-            raise DataError("camera pans (--pans) move over the frames of a video folder (--data); "
-                            "the synthetic videos have none")
-        return SyntheticVideos(seed, min_motion=min_motion)
+        return SyntheticVideos(seed, min_motion=min_motion, pans=pans)
     return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib,
                        min_motion=min_motion, pans=pans)

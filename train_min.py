@@ -103,8 +103,8 @@ def build_parser():
                         f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: by "
                         f"preset: {data.MIN_MOTION:g}, the small preset 0 on --data videos)")
     p.add_argument("--pans", type=float, default=None, metavar="F",
-                   help="with --data: the fraction of training samples that are camera pans, a patch moved at a "
-                        "random speed over one frame of a training video (data.pan_clip; not the paper's) "
+                   help="the fraction of training samples that are camera pans, a patch moved at a random speed "
+                        "over one frame of a training video or a synthetic frame (data.pan_clip; not the paper's) "
                         "(default: 0, the small preset 0.5 on --data videos)")
     p.add_argument("--out", default="runs/latest",
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "

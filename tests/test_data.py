@@ -363,6 +363,24 @@ def test_folder_pans_fraction(tmp_path):
     assert pan_count(1.0, 20) == 40  # 40 px: twice the patch, but no room to move it: whole pixels only
 
 
+def test_synthetic_pans():
+    """SyntheticVideos(pans=1): every sample is a camera pan over one rendered frame, none still; half
+    move by whole pixels (_pan_velocity finds the shift), the other half over a frame rendered at twice
+    the size and averaged 2x2 (half-pixel speeds, whole on both axes for about 30% of them).
+    pans=0: sprites move over their background; only a patch of drifting background without a
+    sprite moves by one shift."""
+    def velocities(pans):
+        source = data.SyntheticVideos(0, min_motion=0, pans=pans)
+        X, Y = source.sample(40, 4, 1, 32, np.random.default_rng(5))
+        return [_pan_velocity(c) for c in data.unstack_frames(np.concatenate([X, Y], axis=1))]
+    panned = velocities(1.0)
+    assert (0, 0) not in panned
+    assert 20 < sum(v is not None for v in panned) < 36
+    assert velocities(1.0) == panned  # deterministic given the rng
+    assert sum(v not in (None, (0, 0)) for v in velocities(0.0)) < 10
+    assert data.open_source(None, pans=0.5).pans == 0.5
+
+
 def test_folder_split_list_every_nth(ucf, tmp_path):
     lst = tmp_path / "testlist01.txt"
     lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"

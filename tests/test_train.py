@@ -198,9 +198,8 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
     (["--val", "--data", "."], "--val is for the synthetic videos"),
     (["--min-motion", "-1"], "motion threshold must be a number >= 0"),
     (["--min-motion", "nan"], "motion threshold must be a number >= 0"),
-    (["--pans", "0.5"], "camera pans (--pans) move over the frames of a video folder (--data)"),
     (["--pans", "1.5", "--data", "."], "fraction of camera pans must be a number in [0, 1]"),
-    (["--pans", "nan", "--data", "."], "fraction of camera pans must be a number in [0, 1]"),
+    (["--pans", "nan"], "fraction of camera pans must be a number in [0, 1]"),
 ])
 def test_train_bad_input_message(tmp_path, capsys, extra, message):
     if extra == ["--device", "gpu"] and usable_gpu():
