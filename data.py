@@ -488,8 +488,8 @@ class VideoFolder:
         patch), Y float32 (batch, 3n, patch, patch) in [-1, 1], channel 3t + c. Each sample: a video
         drawn at random (see ``reuse``), then m+n consecutive frames at a random start and a random patch location,
         redrawn in that video (up to max_tries draws) until motion() > min_motion; or, with
-        probability ``pans``, a camera pan over one of its frames (pan_clip; half of them at zoom 2,
-        half-pixel speeds, where the frame holds twice the patch). Unusable videos
+        probability ``pans``, a camera pan over one of its frames (pan_clip at zoom 1, 2 or 4 alike:
+        whole-, half- or quarter-pixel speeds, where the frame holds zoom x the patch). Unusable videos
         are dropped for good; DataError when none is left. Deterministic given rng's state."""
         batch, m, n, patch = _check_sample_args(batch, m, n, patch)
         clips = []
@@ -513,8 +513,8 @@ class VideoFolder:
                     t, y, x = rng.integers(T - m - n + 1), rng.integers(H - patch + 1), rng.integers(W - patch + 1)
                     return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
                 if self.pans and rng.random() < self.pans:
-                    # half at zoom 2 (half-pixel speeds), where the frame holds twice the patch and room to move it
-                    zoom = 2 if rng.random() < 0.5 and min(H, W) >= 2 * patch + m + n - 1 else 1
+                    # zoom 1, 2 or 4 (whole-, half- or quarter-pixel speeds), of those the frame holds with room to move
+                    zoom = int(rng.choice([z for z in (1, 2, 4) if min(H, W) >= z * patch + m + n - 1]))
                     clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng, zoom))
                 else:
                     clips.append(_filtered(draw, self.min_motion, self.max_tries))
@@ -562,7 +562,7 @@ def pan_clip(frame, length, patch, rng, zoom=1):
     """A camera pan over one still frame: float32 (length, 3, patch, patch) in [-1, 1]. A window of
     side zoom * patch moves by a random integer velocity (-3 zoom..3 zoom px per frame on each axis,
     not both 0; less when the frame is too small to hold it) and is averaged down zoom x zoom, so
-    the patch moves by multiples of 1 / zoom px per frame (zoom 2: half pixels).
+    the patch moves by multiples of 1 / zoom px per frame (zoom 2: half pixels, 4: quarter pixels).
     frame: uint8 (H, W, 3), H and W >= zoom * patch."""
     H, W = frame.shape[:2]
     side = zoom * patch

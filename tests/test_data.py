@@ -330,25 +330,26 @@ def test_data_pan_clip_moves_one_frame_at_one_velocity():
         assert abs(vy) <= 2 and abs(vx) <= 1
 
 
-def test_data_pan_clip_zoom_moves_half_pixels():
-    """zoom 2 averages 2x2 pixels of a window moving by whole pixels: on a ramp that rises by one
+@pytest.mark.parametrize("zoom", [2, 4])
+def test_data_pan_clip_zoom_moves_fractions_of_a_pixel(zoom):
+    """zoom z averages z x z pixels of a window moving by whole pixels: on a ramp that rises by one
     grey level per pixel across the frame, a frame of the patch differs from the next by the
-    velocity in half pixels, the same everywhere."""
+    velocity in 1/z pixels, the same everywhere, at most 3 px."""
     ramp = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (120, 200, 3))
-    halves = set()
-    for seed in range(12):
-        clip = data.pan_clip(ramp, 4, 16, np.random.default_rng(seed), zoom=2)
+    fractions = set()
+    for seed in range(24):
+        clip = data.pan_clip(ramp, 4, 16, np.random.default_rng(seed), zoom=zoom)
         assert clip.shape == (4, 3, 16, 16)
         step = (clip[1:] - clip[:-1]) * 127.5  # grey levels = full-resolution pixels moved
-        assert np.allclose(step, step.flat[0], atol=1e-3) and abs(step.flat[0]) <= 6
-        halves.add(int(round(step.flat[0])) % 2)
-    assert halves == {0, 1}  # odd full-resolution steps: half a pixel of the patch
+        assert np.allclose(step, step.flat[0], atol=1e-3) and abs(step.flat[0]) <= 3 * zoom
+        fractions.add(int(round(step.flat[0])) % zoom)
+    assert fractions == set(range(zoom))  # every fraction of a pixel of the patch is seen
 
 
 def test_folder_pans_fraction(tmp_path):
     """sample(): a fraction ``pans`` of the clips are camera pans; where the 40x48 frames hold twice
-    the patch (16, not 24), half of those move at 0, 0.5, ..., 3 px per frame on each axis, which
-    is not a whole-pixel shift unless both speeds are whole (about 30% of them)."""
+    the patch (16, not 24) but not four times, half of those move at 0, 0.5, ..., 3 px per frame on
+    each axis, which is not a whole-pixel shift unless both speeds are whole (about 30% of them)."""
     write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
 
     def pan_count(pans, patch):
