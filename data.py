@@ -514,7 +514,7 @@ class VideoFolder:
                     return to_unit(frames[t:t + m + n, y:y + patch, x:x + patch]).transpose(0, 3, 1, 2)
                 if self.pans and rng.random() < self.pans:
                     # zoom 1, 2 or 4 (whole-, half- or quarter-pixel speeds), of those the frame holds with room to move
-                    zoom = int(rng.choice([z for z in (1, 2, 4) if min(H, W) >= z * patch + m + n - 1]))
+                    zoom = int(rng.choice([1] + [z for z in (2, 4) if min(H, W) >= z * patch + m + n - 1]))
                     clips.append(pan_clip(frames[int(rng.integers(T))], m + n, patch, rng, zoom))
                 else:
                     clips.append(_filtered(draw, self.min_motion, self.max_tries))

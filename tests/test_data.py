@@ -362,6 +362,7 @@ def test_folder_pans_fraction(tmp_path):
     assert 10 < pan_count(0.5, 24) < 30
     assert 20 < pan_count(1.0, 16) < 36  # the others move by half pixels on an axis
     assert pan_count(1.0, 20) == 40  # 40 px: twice the patch, but no room to move it: whole pixels only
+    assert pan_count(1.0, 40) > 30  # no room for a zoom, nor for a vertical move: whole pixels sideways
 
 
 def test_synthetic_pans():
