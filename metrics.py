@@ -1134,13 +1134,12 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
     return clips, f"{what}: {len(clips)} clips of {length} frames at {clips.shape[3]}x{clips.shape[4]} (HxW)"
 
 
-def repeated_targets(clips):
-    """(N,) bool: the clip's 1st or 2nd frame to predict (frames T-2, T-1) equals its last input
-    (frame T-3) exactly, as in a video with duplicated frames: copying scores +inf dB PSNR there, and
-    the table's means with it. clips: (N, T, 3, H, W)."""
-    T = clips.shape[1]
-    last = clips[:, T - 3]
-    return np.all(clips[:, T - 2] == last, axis=(1, 2, 3)) | np.all(clips[:, T - 1] == last, axis=(1, 2, 3))
+def repeats_last_input(clips, last):
+    """(N,) bool: a frame after frame ``last`` (the last input) equals it exactly, as in a video with
+    duplicated frames: copying the last input scores +inf dB PSNR on that frame, and a table's means
+    with it. clips: (N, T, 3, H, W). train_min's held-out clips (m+1 frames: last = m-1) and
+    evaluate's (the 1st and 2nd frames to predict after frame T-3) are checked by it."""
+    return np.any(np.all(clips[:, last + 1:] == clips[:, last:last + 1], axis=(2, 3, 4)), axis=1)
 
 
 def protocol_notes(protocol, rows, count):
@@ -1179,7 +1178,7 @@ def evaluate(args):
         length = max([md["config"]["m"] for md in models] + [2]) + 2
         clips, described = load_test_set(args.data, args.split_list, args.every_nth, args.clips, length,
                                          args.size, val=args.val)
-        repeated = repeated_targets(clips)
+        repeated = repeats_last_input(clips, clips.shape[1] - 3)
         if repeated.any() and not repeated.all():
             clips = clips[~repeated]
             described += (f"; {int(repeated.sum())} of them left out, whose frame to predict repeats the last "

@@ -311,13 +311,6 @@ def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
                 sharp_last=float(np.mean(metrics.sharpness_difference(last, Y))))
 
 
-def repeats_last_frame(clips, m):
-    """(count,) bool: the clip's frame to predict is its last input repeated exactly (a video with
-    duplicated frames), where copying scores infinite PSNR; run leaves such clips out of the held-out
-    set unless every clip is one. clips: (count, m+1, 3, H, W)."""
-    return np.all(clips[:, m] == clips[:, m - 1], axis=(1, 2, 3))
-
-
 def save_sample_grid(path, ops, params, config, X, Y, rows=4, title=None):
     """One row per training patch: the m inputs, the truth, then G's prediction at every scale
     (scale 1 the coarsest, each upscaled to the patch side), with a title and column labels."""
@@ -663,7 +656,8 @@ def run(args, given=frozenset()):
                   f"scores whole frames)")
     except data.DataError as e:
         raise RunError(str(e)) from e
-    repeats = np.zeros(0, bool) if clips is None else repeats_last_frame(clips, m)
+    # held-out clips whose frame to predict repeats their last input are left out unless every one does
+    repeats = np.zeros(0, bool) if clips is None else metrics.repeats_last_input(clips, m - 1)
     if repeats.any():
         what = "they are left out of the scores" if not repeats.all() else "copying scores inf dB on all of them"
         print(f"held-out: {int(repeats.sum())} of the {len(clips)} clips end on a repeated frame (the same as their "

@@ -388,7 +388,7 @@ def test_evaluate_leaves_out_clips_whose_frame_to_predict_repeats_the_last_input
             iio.imwrite(folder / f"{t:03d}.png", frames[k])
     (tmp_path / "list.txt").write_text("Doubled/v_Doubled_g01_c01\n")
     clips, _ = metrics.load_test_set(str(root), str(tmp_path / "list.txt"), 1, 3, 6, None)
-    assert list(metrics.repeated_targets(clips)) == [False, True, True]
+    assert list(metrics.repeats_last_input(clips, 3)) == [False, True, True]
     out = str(tmp_path / "eval")
     rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--data", str(root), "--split-list",
                        str(tmp_path / "list.txt"), "--clips", "3", "--device", "cpu", "--out", out, "--figures", "0"])

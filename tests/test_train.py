@@ -77,7 +77,7 @@ def test_train_held_out_clips_ending_on_a_repeated_frame(tmp_path, capsys):
     (tmp_path / "list.txt").write_text("Doubled/v_Doubled_g01_c01\n")
     clips = data.open_source(str(tmp_path / "videos"), split_list=str(tmp_path / "list.txt")).test_clips(2, 5)
     assert np.isinf(metrics.psnr(clips[1:, 3], clips[1:, 4])).all()
-    assert list(train_min.repeats_last_frame(clips, 4)) == [False, True]
+    assert list(metrics.repeats_last_input(clips, 3)) == [False, True]
     code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-every", "1", "--eval-clips", "2",
                       "--data", str(tmp_path / "videos"), "--split-list", str(tmp_path / "list.txt"))
     text = capsys.readouterr().out
