@@ -774,11 +774,12 @@ def test_emul_wrong_launch_from_backend_code_is_caught():
         ops._run("avgpool_forward", 4, x, out, 1, 1, 2, 2, 2.0)
 
 
-def test_emul_whole_training_iteration_matches_numpy():
-    """One Algorithm 1 iteration (D step, then G step, adv_gdl) on the emulated CUDA path equals
-    the NumPy path: same losses, same updated parameters, within float32 GEMM tolerance."""
+def test_cuda_whole_training_iteration_matches_numpy(make_ops):
+    """One Algorithm 1 iteration (D step, then G step, adv_gdl) on the CUDA path (emulated, and on
+    a real GPU where there is one) equals the NumPy path: same losses, same updated parameters,
+    within float32 GEMM tolerance."""
     import framepred as fp
-    gpu = emulator.emulated_backend()
+    gpu = make_ops(cupy_ops.BLOCK, cupy_ops.MAX_BLOCKS)
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
     rng = np.random.default_rng(0)
     batches = [(rng.uniform(-1, 1, (2, 6, 32, 32)).astype(np.float32),
@@ -786,7 +787,8 @@ def test_emul_whole_training_iteration_matches_numpy():
     params_cpu = fp.init_params(config, seed=3)
     params_gpu = {key: gpu.asarray(value.copy()) for key, value in params_cpu.items()}
     log_cpu = fp.train_step(ref, params_cpu, config, *batches, lr_g=0.04)
-    log_gpu = fp.train_step(gpu, params_gpu, config, *[tuple(gpu.asarray(a) for a in b) for b in batches], lr_g=0.04)
+    log_gpu = fp.read_log(gpu, fp.train_step(gpu, params_gpu, config,
+                                             *[tuple(gpu.asarray(a) for a in b) for b in batches], lr_g=0.04))
     for key in log_cpu:
         np.testing.assert_allclose(log_gpu[key], log_cpu[key], rtol=1e-5, atol=1e-6, err_msg=key)
     for key in params_cpu:

@@ -203,7 +203,9 @@ def test_train_min_ctrl_c_with_workers_then_resume_equals_straight(tmp_path, cap
     assert "Traceback" not in err and "--resume" in err
     step = fp.load_checkpoint(os.path.join(stopped, "checkpoint.npz"))[2]["step"]
     assert 4 <= step < 60
-    assert train_min.main(["--resume", stopped]) == 0
+    # the device is the machine's, not the run's: on a GPU machine `auto` would go on on the GPU, in
+    # one process
+    assert train_min.main(["--resume", stopped, "--device", "cpu"]) == 0
     a, _, state_a = fp.load_checkpoint(os.path.join(straight, "checkpoint.npz"))
     b, _, state_b = fp.load_checkpoint(os.path.join(stopped, "checkpoint.npz"))
     assert state_a["step"] == state_b["step"] == 60 and state_b["args"]["processes"] == 2
