@@ -180,6 +180,9 @@ def _rgb(frame):
 
 
 # ----------------------------------------------------------------------------- synthetic data
+SPRITE_GRID = np.mgrid[-8:9, -8:9].astype(np.float32)  # sprite-local (y, x) coordinates, half-size up to 8
+
+
 class SyntheticVideos:
     """Endless, deterministic synthetic videos: 2-4 textured sprites (discs or squares, with stripe,
     checker or noise texture, distinct colours) over a smooth periodic background that is still
@@ -200,30 +203,34 @@ class SyntheticVideos:
         self.min_motion, self.max_tries, self.p_change, self.pans = min_motion, max_tries, p_change, pans
         self.skipped = []  # never anything here; same attribute as VideoFolder
 
-    def render(self, length, key, size=None):
+    def render(self, length, key, size=None, window=None):
         """Render the clip named by key (a tuple of non-negative ints): float32 (length, 3, S, S)
         in [-1, 1], S = size or frame_size. The same key and size always give the same clip, and a
-        shorter clip is the start of a longer one (trajectories draw from their own streams)."""
+        shorter clip is the start of a longer one (trajectories draw from their own streams).
+        window: (y, x, side) renders only the pixels [y, y + side) x [x, x + side) of that clip,
+        the same values as cropping the whole clip (a training patch costs its own pixels only)."""
         rng = np.random.default_rng([self.seed, *key])
         S, T = int(size or self.frame_size), int(length)
+        y0, x0, side = (0, 0, S) if window is None else (int(w) for w in window)
         t = np.arange(T, dtype=np.float32)[:, None, None]
         # background: base colour + 3 periodic sinusoids, each with its own colour, moving with v_bg
         # (cos(a + b) = cos a cos b - sin a sin b keeps the work on (T, S) vectors)
         dirs = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1)]
         vy, vx = (0, 0) if rng.random() < 0.5 else dirs[rng.integers(8)]
-        out = np.empty((T, 3, S, S), np.float32)
+        out = np.empty((T, 3, side, side), np.float32)
         out[:] = rng.uniform(-0.4, 0.4, 3).astype(np.float32)[None, :, None, None]
         s = np.arange(S, dtype=np.float32)
+        sy, sx = s[y0:y0 + side], s[x0:x0 + side]  # the window's pixel coordinates
         for _ in range(3):
             ky, kx = (int(k) for k in rng.integers(-3, 4, 2))
-            a = (2 * np.pi / S) * kx * (s[None, None, :] - vx * t) + float(rng.uniform(0, 2 * np.pi))  # (T,1,S)
-            b = (2 * np.pi / S) * ky * (s[None, :, None] - vy * t)  # (T,S,1)
+            a = (2 * np.pi / S) * kx * (sx[None, None, :] - vx * t) + float(rng.uniform(0, 2 * np.pi))  # (T,1,side)
+            b = (2 * np.pi / S) * ky * (sy[None, :, None] - vy * t)  # (T,side,1)
             wave = np.cos(a) * np.cos(b) - np.sin(a) * np.sin(b)
             out += rng.uniform(-0.2, 0.2, 3).astype(np.float32)[None, :, None, None] * wave[:, None]
         # sprites, drawn in order (later ones occlude earlier ones)
         count = int(rng.integers(2, 5))
         hues = (rng.random() + np.arange(count) / count) % 1.0
-        ly, lx = np.mgrid[-8:9, -8:9].astype(np.float32)  # sprite-local coordinates
+        ly, lx = SPRITE_GRID
         for i in range(count):
             r = int(rng.integers(4, 9))
             pos = self._trajectory(np.random.default_rng([self.seed, *key, 1 + i]), T, r, S)
@@ -240,8 +247,12 @@ class SyntheticVideos:
                 tex = rng.uniform(-1, 1, y.shape)
             # the sprite's look is fixed (texture moves with it), positions are integers: paste it
             sprite = _hue_to_rgb(hues[i])[:, None, None] * (0.65 + 0.35 * tex.astype(np.float32))
-            for t, (py, px) in enumerate(pos):
-                np.copyto(out[t, :, py - r:py + r + 1, px - r:px + r + 1], sprite, where=mask)
+            for t, (py, px) in enumerate(pos):  # the part of the sprite inside the window
+                top, left = py - r - y0, px - r - x0  # the sprite's corner in window coordinates
+                cy, cx = slice(max(0, -top), min(2 * r + 1, side - top)), slice(max(0, -left), min(2 * r + 1, side - left))
+                if cy.start < cy.stop and cx.start < cx.stop:
+                    np.copyto(out[t, :, top + cy.start:top + cy.stop, left + cx.start:left + cx.stop],
+                              sprite[:, cy, cx], where=mask[cy, cx])
         return np.clip(out, -1, 1, out=out)
 
     def _trajectory(self, rng, T, r, S=None):
@@ -276,10 +287,10 @@ class SyntheticVideos:
             raise DataError(f"patch {patch} is larger than the synthetic frame size {self.frame_size}")
         S = self.frame_size
 
-        def draw():
-            clip = self.render(m + n, (0, int(rng.integers(2 ** 62))))
+        def draw():  # a clip's key, then the patch's place in it; only the patch is rendered
+            key = (0, int(rng.integers(2 ** 62)))
             y, x = rng.integers(0, S - patch + 1, 2)
-            return clip[:, :, y:y + patch, x:x + patch]
+            return self.render(m + n, key, window=(y, x, patch))
 
         def pan():  # one frame, rendered large enough to move the window; half at zoom 2 (half-pixel speeds)
             zoom = 2 if rng.random() < 0.5 else 1

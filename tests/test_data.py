@@ -158,6 +158,17 @@ def test_synthetic_shorter_clip_is_prefix():
     assert np.array_equal(src.test_clips(2, 2), src.test_clips(2, 6)[:, :2])
 
 
+@given(key=st.integers(0, 2 ** 62), length=st.integers(1, 8), side=st.integers(1, 64), corner=st.tuples(
+    st.integers(0, 63), st.integers(0, 63)))
+def test_synthetic_window_render_equals_the_crop(key, length, side, corner):
+    """A training patch is rendered alone (render(..., window)): the same pixels as the whole clip
+    cropped, sprites cut at the window's edges included."""
+    src = SyntheticVideos(seed=3)
+    y, x = (min(c, 64 - side) for c in corner)
+    whole = src.render(length, (0, key))
+    assert np.array_equal(src.render(length, (0, key), window=(y, x, side)), whole[:, :, y:y + side, x:x + side])
+
+
 def test_synthetic_motion_filter():
     rng = np.random.default_rng(1)
     src = SyntheticVideos(seed=0, max_tries=50)
