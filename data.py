@@ -247,7 +247,7 @@ class SyntheticVideos:
                 tex = rng.uniform(-1, 1, y.shape)
             # the sprite's look is fixed (texture moves with it), positions are integers: paste it
             sprite = _hue_to_rgb(hues[i])[:, None, None] * (0.65 + 0.35 * tex.astype(np.float32))
-            for t, (py, px) in enumerate(pos):  # the part of the sprite inside the window
+            for t, (py, px) in enumerate(pos.tolist()):  # the part of the sprite inside the window
                 top, left = py - r - y0, px - r - x0  # the sprite's corner in window coordinates
                 cy, cx = slice(max(0, -top), min(2 * r + 1, side - top)), slice(max(0, -left), min(2 * r + 1, side - left))
                 if cy.start < cy.stop and cx.start < cx.stop:
@@ -260,20 +260,19 @@ class SyntheticVideos:
         default): constant velocity, bouncing off the walls, a new random velocity with probability
         p_change at each frame."""
         lo, hi = r, (S or self.frame_size) - 1 - r
-        pos = np.empty((T, 2), np.int64)
-        p, v = rng.integers(lo, hi + 1, 2), _velocity(rng)
-        for t in range(T):
-            if t > 0:
-                if rng.random() < self.p_change:
-                    v = _velocity(rng)
-                p = p + v
-                for a in range(2):  # bounce off the walls
-                    if p[a] < lo:
-                        p[a], v[a] = 2 * lo - p[a], -v[a]
-                    elif p[a] > hi:
-                        p[a], v[a] = 2 * hi - p[a], -v[a]
-            pos[t] = p
-        return pos
+        p, v = rng.integers(lo, hi + 1, 2).tolist(), _velocity(rng).tolist()  # Python ints: a short loop
+        pos = [tuple(p)]
+        for t in range(1, T):
+            if rng.random() < self.p_change:
+                v = _velocity(rng).tolist()
+            for a in range(2):
+                p[a] += v[a]
+                if p[a] < lo:  # bounce off the walls
+                    p[a], v[a] = 2 * lo - p[a], -v[a]
+                elif p[a] > hi:
+                    p[a], v[a] = 2 * hi - p[a], -v[a]
+            pos.append(tuple(p))
+        return np.array(pos[:T], np.int64).reshape(T, 2)
 
     def sample(self, batch, m, n, patch, rng):
         """Random training patches: X float32 (batch, 3m, patch, patch), Y float32
