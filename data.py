@@ -249,7 +249,8 @@ class SyntheticVideos:
             sprite = _hue_to_rgb(hues[i])[:, None, None] * (0.65 + 0.35 * tex.astype(np.float32))
             for t, (py, px) in enumerate(pos.tolist()):  # the part of the sprite inside the window
                 top, left = py - r - y0, px - r - x0  # the sprite's corner in window coordinates
-                cy, cx = slice(max(0, -top), min(2 * r + 1, side - top)), slice(max(0, -left), min(2 * r + 1, side - left))
+                cy = slice(max(0, -top), min(2 * r + 1, side - top))  # rows of the sprite to paste
+                cx = slice(max(0, -left), min(2 * r + 1, side - left))
                 if cy.start < cy.stop and cx.start < cx.stop:
                     np.copyto(out[t, :, top + cy.start:top + cy.stop, left + cx.start:left + cx.stop],
                               sprite[:, cy, cx], where=mask[cy, cx])
@@ -262,7 +263,7 @@ class SyntheticVideos:
         lo, hi = r, (S or self.frame_size) - 1 - r
         p, v = rng.integers(lo, hi + 1, 2).tolist(), _velocity(rng).tolist()  # Python ints: a short loop
         pos = [tuple(p)]
-        for t in range(1, T):
+        for _ in range(1, T):
             if rng.random() < self.p_change:
                 v = _velocity(rng).tolist()
             for a in range(2):
