@@ -286,24 +286,25 @@ def test_train_pans_are_kept_by_the_run(tmp_path, capsys, monkeypatch):
 
 
 def test_train_small_preset_on_real_video(tmp_path, capsys):
-    """The small preset on --data videos: G predicts the change and still patches train, said at the
-    start; a flag given on the command line wins; the synthetic videos and the paper preset keep
-    the paper's target and motion filter."""
+    """The small preset on --data videos: G predicts the change and half the samples are pans, said at
+    the start; the paper's motion filter stays; a flag given on the command line wins; the synthetic
+    videos and the paper preset keep the paper's target and no pans."""
     videos = write_video_folder(tmp_path / "videos")
     code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), name="video")
     text = capsys.readouterr().out
-    assert code == 0 and "preset small on real video: G predicts the change from the last input frame, " \
-                         "still patches train too and half the training samples are camera pans over one of " \
-                         "their frames (--target change --min-motion 0 --pans 0.5;" in text
+    assert code == 0 and "preset small on real video: G predicts the change from the last input frame and " \
+                         "half the training samples are camera pans over one of their frames " \
+                         "(--target change --pans 0.5;" in text
     _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
-    assert config["target"] == "change" and state["args"]["min_motion"] == 0.0 and state["args"]["pans"] == 0.5
+    assert config["target"] == "change" and state["args"]["pans"] == 0.5
+    assert state["args"]["min_motion"] == data.MIN_MOTION
     code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), "--target", "frame",
                         name="video_frame")
     text = capsys.readouterr().out
-    assert code == 0 and "on real video: still patches train too and half the training samples are camera " \
-                         "pans over one of their frames (--min-motion 0 --pans 0.5;" in text
+    assert code == 0 and "on real video: half the training samples are camera " \
+                         "pans over one of their frames (--pans 0.5;" in text
     _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
-    assert config["target"] == "frame" and state["args"]["min_motion"] == 0.0
+    assert config["target"] == "frame" and state["args"]["pans"] == 0.5
     for extra, name in ((["--preset", "paper", "--width", "0.125", "--data", str(videos)], "paper"), ([], "synthetic")):
         code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", *extra, name=name)
         assert code == 0 and "on real video" not in capsys.readouterr().out
