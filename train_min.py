@@ -56,7 +56,7 @@ PRESETS = {
                   # held-out real videos (README "Real video"): in 10 minutes G cannot redraw a natural
                   # frame's still detail, which copying gets right. With only that, G settles on copying
                   # (+0.01 dB on the validation videos); making half the training samples camera pans over
-                  # a training frame (data.pan_clip) gives it motion to learn (+0.94 dB over three seeds;
+                  # a training frame (data.pan_clip) gives it motion to learn (+0.99 dB over three seeds;
                   # with the paper's motion filter kept, +1.20 dB over two).
                   on_video=dict(target="change", pans=0.5)),
 }
