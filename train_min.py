@@ -50,6 +50,12 @@ PRESETS = {
     # 1000 iterations instead of 600 (from a 4000-step warm-up) scored lower (-0.07, -0.10 dB).
     # d_in_warmup False: training D during the warm-up too makes each step 1.8x slower and ended
     # lower in the same time (-0.08 dB PSNR, -0.20 dB sharpness on the validation draw).
+    # The default on a GPU: Table 1's widths and the paper's 50,000 steps, with Adam at the small preset's
+    # rates in place of SGD. On the synthetic validation draw (H200, README "On a GPU"), at 2,500 steps
+    # Adam was 1.28 dB PSNR and 1.65 dB sharpness ahead of the paper's SGD, and by 7,000 steps 0.78 dB
+    # sharper than copying the last input, where SGD was 1.55 dB less sharp than it.
+    "paper_adam": dict(width=1.0, steps=50000, optimizer="adam", init_last="torch", warmup=0.0, target="frame",
+                       min_motion=data.MIN_MOTION, pans=0.0),
     "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
                   d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION, pans=0.0,
                   # on real video (--data): G predicts the change from the last input frame. Chosen on
@@ -95,13 +101,15 @@ def build_parser():
                         "1/4 of the paper's (the small preset), else 1. "
                         "A resumed run keeps its own unless given (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="paper: Table 1 widths; small: 1/8 of them. Default: paper on a GPU, small on a CPU")
+                   help="paper: Table 1's widths and the paper's SGD; paper_adam: the same widths with Adam; "
+                        "small: 1/8 of the widths, Adam, about 10 minutes on 2 cores. Default: paper_adam on a GPU, "
+                        "small on a CPU")
     p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
     p.add_argument("--min-motion", type=float, default=None, metavar="T",
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "
-                        f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: by "
-                        f"preset: {data.MIN_MOTION:g}, the small preset 0 on --data videos)")
+                        f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: "
+                        f"{data.MIN_MOTION:g})")
     p.add_argument("--pans", type=float, default=None, metavar="F",
                    help="the fraction of training samples that are camera pans, a patch moved at a random speed "
                         "over one frame of a training video or a synthetic frame (data.pan_clip; not the paper's) "
@@ -133,7 +141,7 @@ def build_parser():
     p.add_argument("--lam-gdl", type=float, default=None, help="override the preset's lambda_gdl")
     p.add_argument("--lam-adv", type=float, default=None, help="override the preset's lambda_adv")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
-                   help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, small adam)")
+                   help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, the others adam)")
     p.add_argument("--lr-g", type=float, nargs=2, default=None, metavar=("START", "END"),
                    help="rho_G, lowered geometrically from START to END over the run "
                         "(default: sgd 0.04 0.005 as in the paper, adam 5e-4 5e-5)")
@@ -147,7 +155,7 @@ def build_parser():
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
     p.add_argument("--warmup", type=count, default=None, metavar="STEPS",
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
-                        "(default: by preset: paper 0, small 90%% of the steps)")
+                        "(default: by preset: paper and paper_adam 0, small 90%% of the steps)")
     p.add_argument("--warmup-batch", type=natural, default=None, metavar="B",
                    help="minibatch of G's warm-up steps (default: 4, the paper's minibatch without the adversarial "
                         "loss; --batch when that is given)")
@@ -198,9 +206,10 @@ def choose_preset(args, ops):
     if args.preset:
         print(f"preset {args.preset} (asked for)")
         return args.preset
-    preset = "paper" if ops.name == "gpu" else "small"
-    why = "a GPU is in use" if ops.name == "gpu" else "running on the CPU (the paper's widths would take days here)"
-    print(f"preset {preset}: {why}; --preset paper|small chooses")
+    preset = "paper_adam" if ops.name == "gpu" else "small"
+    why = ("a GPU is in use (Table 1's widths, Adam in place of the paper's SGD)" if ops.name == "gpu"
+           else "running on the CPU (the paper's widths would take days here)")
+    print(f"preset {preset}: {why}; --preset {'|'.join(sorted(PRESETS))} chooses")
     return preset
 
 

@@ -337,6 +337,25 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
     assert all(np.isfinite(r["psnr"]) and np.isfinite(r["psnr_last"]) for r in records)
 
 
+@pytest.mark.parametrize("device, preset, width, optimizer, lr_g, steps",
+                         [("gpu", "paper_adam", 1.0, "adam", [5e-4, 5e-5], 50000),
+                          ("cpu", "small", 1 / 8, "adam", [5e-4, 5e-5], 7500)])
+def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g, steps):
+    """With no --preset, a GPU trains Table 1's widths with Adam for the paper's 50,000 steps, a CPU
+    the small preset; --preset paper keeps the paper's SGD at its rates."""
+    args = train_min.parse_args(["--loss", "adv_gdl"])
+    args.preset = train_min.choose_preset(args, type("Ops", (), {"name": device}))
+    assert args.preset == preset and f"preset {preset}: " in capsys.readouterr().out
+    train_min.resolve_training_flags(args, args.preset)
+    config = train_min.build_config(args, args.preset)
+    assert (args.optimizer, args.lr_g, args.init_last) == (optimizer, lr_g, "torch")
+    assert config["g_maps"] == fp.make_config(width=width)["g_maps"]
+    assert train_min.default_steps(args.preset, config) == steps
+    paper = train_min.parse_args(["--loss", "adv_gdl", "--preset", "paper"])
+    train_min.resolve_training_flags(paper, train_min.choose_preset(paper, type("Ops", (), {"name": device})))
+    assert (paper.optimizer, paper.lr_g, paper.lr_d) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D)
+
+
 def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, capsys):
     """The small preset trains G alone for the first 90% of an adversarial run, then D joins."""
     code, out = run_cli(tmp_path, "--loss", "adv_gdl", "--steps", "20", "--eval-every", "100")
