@@ -363,7 +363,8 @@ def _list_key(rel):
 
 
 class VideoFolder:
-    """Videos found recursively under ``path`` (see find_videos), e.g. UCF101 as downloaded.
+    """Videos found recursively under ``path`` (see find_videos), e.g. UCF101 as downloaded, or the
+    one video file ``path`` names.
 
     Train/test split: with ``split_list`` (UCF101 testlist01.txt format), the listed videos are
     the test set, in list order, thinned to every ``every_nth`` one (1st, 11th, ... for 10), and all
@@ -385,11 +386,14 @@ class VideoFolder:
 
     def __init__(self, path, split_list=None, every_nth=1, subset="train", cache_mib=None,
                  min_motion=MIN_MOTION, max_tries=MAX_TRIES, reuse=0.9, pans=0.0):
-        root = Path(path)
+        root, videos = Path(path), None
         if not root.exists():
             raise DataError(f"video folder does not exist: {root}")
-        if not root.is_dir():
-            raise DataError(f"not a folder: {root} (give the folder that holds the videos)")
+        if root.is_file() and root.suffix.lower() in VIDEO_EXTS:
+            videos = [root]                          # one video file: as a folder of that video alone
+        elif not root.is_dir():
+            raise DataError(f"not a video file or a folder: {root} (give a {' '.join(VIDEO_EXTS)} file, or the "
+                            f"folder that holds the videos)")
         if subset not in ("train", "test"):
             raise DataError(f"subset must be 'train' or 'test', got {subset!r}")
         if int(every_nth) != every_nth or every_nth < 1:
@@ -400,7 +404,7 @@ class VideoFolder:
         cache_mib = default_cache_mib() if cache_mib is None else cache_mib
         self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
         self._cache, self._bad, self._too_big = OrderedDict(), {}, set()
-        videos = find_videos(root)
+        videos = videos or find_videos(root)
         if not videos:
             raise DataError(f"no videos in {root}: searched recursively for {' '.join(VIDEO_EXTS)} "
                             f"files and folders of {' '.join(IMAGE_EXTS)} frames")
@@ -432,8 +436,9 @@ class VideoFolder:
 
     def _split_by_list(self, videos, split_list):
         index = {}  # every path suffix (lower case, no video extension) -> videos
+        folder = self.root if self.root.is_dir() else self.root.parent
         for v in videos:
-            parts = _list_key(v.relative_to(self.root).as_posix()).split("/")
+            parts = _list_key(v.relative_to(folder).as_posix()).split("/")
             for i in range(len(parts)):
                 index.setdefault("/".join(parts[i:]), []).append(v)
         listed, missing = [], []

@@ -104,7 +104,7 @@ def build_parser():
                    help="paper: Table 1's widths and the paper's SGD; paper_adam: the same widths with Adam; "
                         "small: 1/8 of the widths, Adam, about 10 minutes on 2 cores. Default: paper_adam on a GPU, "
                         "small on a CPU")
-    p.add_argument("--data", default=None, help="folder of videos or frame folders (default: synthetic videos)")
+    p.add_argument("--data", default=None, help="a folder of videos or frame folders, or one video file (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
     p.add_argument("--min-motion", type=float, default=None, metavar="T",
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "

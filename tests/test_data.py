@@ -544,6 +544,21 @@ def test_folder_single_video_split_in_time(templates, tmp_path):
     assert len(src._load(src.videos[0])) == 10 and len(src._load(src.test_videos[0])) == 2
 
 
+def test_folder_one_video_file_is_a_folder_of_it_alone(templates, tmp_path):
+    """--data VIDEO: the file alone, split in time as a folder holding only it would be; its
+    neighbours are not used; a file that is not a video is refused by name."""
+    video = put(templates, "avi", tmp_path / "mine.avi")
+    put(templates, "mp4", tmp_path / "other.mp4")
+    src = VideoFolder(video)
+    assert src.train_videos == [(video, "head")] and src.test_videos == [(video, "tail")]
+    assert "one video, " in src.split_summary() and "split in time" in src.split_summary()
+    folder_of_it = VideoFolder(put(templates, "avi", tmp_path / "alone" / "x.avi").parent)
+    np.testing.assert_array_equal(src.test_clips(1, 2), folder_of_it.test_clips(1, 2))
+    (tmp_path / "notes.txt").write_text("not a video")
+    with pytest.raises(DataError, match=r"not a video file or a folder: .*notes\.txt \(give a \.mp4"):
+        VideoFolder(tmp_path / "notes.txt")
+
+
 def _write(path, text):
     path.write_text(text)
     return path
