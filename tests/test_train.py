@@ -286,7 +286,7 @@ def test_train_pans_are_kept_by_the_run(tmp_path, capsys, monkeypatch):
 
 
 def test_train_small_preset_on_real_video(tmp_path, capsys):
-    """The small preset on --data videos: G predicts the change and half the samples are pans, said at
+    """The small preset (and paper_adam, the GPU's default) on --data videos: G predicts the change and half the samples are pans, said at
     the start; the paper's motion filter stays; a flag given on the command line wins; the synthetic
     videos and the paper preset keep the paper's target and no pans."""
     videos = write_video_folder(tmp_path / "videos")
@@ -305,6 +305,11 @@ def test_train_small_preset_on_real_video(tmp_path, capsys):
                          "pans over one of their frames (--pans 0.5;" in text
     _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
     assert config["target"] == "frame" and state["args"]["pans"] == 0.5
+    code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), "--preset", "paper_adam",
+                        "--width", "0.125", name="video_paper_adam")
+    assert code == 0 and "preset paper_adam on real video: G predicts the change" in capsys.readouterr().out
+    _, config, state = fp.load_checkpoint(os.path.join(run, "checkpoint.npz"))
+    assert config["target"] == "change" and state["args"]["pans"] == 0.5 and state["args"]["optimizer"] == "adam"
     for extra, name in ((["--preset", "paper", "--width", "0.125", "--data", str(videos)], "paper"), ([], "synthetic")):
         code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", *extra, name=name)
         assert code == 0 and "on real video" not in capsys.readouterr().out
