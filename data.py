@@ -540,12 +540,15 @@ class VideoFolder:
             raise DataError(f"sampling from {self.root} failed: {type(e).__name__}: {e}") from e
         return _split_xy(np.stack(clips), m)
 
-    def test_clips(self, count, length, size=None):
+    def test_clips(self, count, length, size=None, max_side=None):
         """The fixed held-out set: float32 (at most count, length, 3, H, W) in [-1, 1]. Clip i is
         frames [0, length) of the i-th usable test video; if more clips are wanted than there are
         videos, later non-overlapping windows follow, round robin. size: (H, W) center crop;
-        default the largest size all clips share, cropped down to multiples of 8. Warns when
-        fewer than count clips can be made; DataError when none can."""
+        default the largest size all clips share, cropped down to multiples of 8 (kept in
+        self.test_frame_size). max_side: then crop that centre to at most max_side (a multiple of 8)
+        on each side, before the clips become float32 (train_min's evaluations score such a crop;
+        32 whole clips of HD frames would take gigabytes). Warns when fewer than count clips can be
+        made; DataError when none can."""
         count, length = int(count), int(length)
         min_hw = (8, 8) if size is None else (int(size[0]), int(size[1]))
         clips, lengths = [], []  # clips: uint8 (length, H, W, 3) copies, not views of whole videos
@@ -571,7 +574,14 @@ class VideoFolder:
                           f"{count} asked for", DataWarning, stacklevel=2)
         if size is None:
             min_hw = (min(c.shape[1] for c in clips) // 8 * 8, min(c.shape[2] for c in clips) // 8 * 8)
-        return to_unit(np.stack([center_crop(c.transpose(0, 3, 1, 2), *min_hw) for c in clips]))  # one float32 copy
+        self.test_frame_size = min_hw
+        training = {path for path, _ in self.train_videos}
+        for path, _ in self.test_videos:     # read for these clips only: their memory goes back to training's
+            if path not in training:
+                self._cache.pop(path, None)
+        crop = min_hw if not max_side else tuple(min(d, max(8, max_side // 8 * 8)) for d in min_hw)
+        clips = [center_crop(center_crop(c.transpose(0, 3, 1, 2), *min_hw), *crop) for c in clips]
+        return to_unit(np.stack(clips))  # one float32 copy
 
 
 def pan_clip(frame, length, patch, rng, zoom=1):

@@ -654,15 +654,16 @@ def run(args, given=frozenset()):
             print(source.split_summary())
         # the patches of the first sample grid, from their own rng (the run's is untouched); fails now, not mid-run
         preview = source.sample(min(batch, 4), m, n, config["patch"], np.random.default_rng([args.seed, 7]))
-        split = dict(split="val") if args.val else {}
+        # the synthetic videos' validation draw (--val), or a video folder's clips cropped as they are read (memory)
+        split = dict(max_side=args.eval_size) if args.data else dict(split="val") if args.val else {}
         clips = None if args.bench else test_source.test_clips(args.eval_clips, m + 1, **split)
-        crop = None if clips is None else eval_crop(clips.shape[-2:], args.eval_size)
-        if crop is not None and crop != clips.shape[-2:]:
-            h, w = clips.shape[-2:]
-            clips = data.center_crop(clips, *crop)
-            print(f"held-out: {len(clips)} clips, scored during training on the centre {clips.shape[-1]}x"
-                  f"{clips.shape[-2]} of their {w}x{h} frames (--eval-size; `python metrics.py evaluate` "
-                  f"scores whole frames)")
+        if clips is not None:
+            h, w = getattr(test_source, "test_frame_size", clips.shape[-2:])    # the frames before any crop
+            crop = eval_crop((h, w), args.eval_size)
+            clips = data.center_crop(clips, *crop)                              # as it is, when cropped above
+            if crop != (h, w):
+                print(f"held-out: {len(clips)} clips, scored during training on the centre {crop[1]}x{crop[0]} "
+                      f"of their {w}x{h} frames (--eval-size; `python metrics.py evaluate` scores whole frames)")
     except data.DataError as e:
         raise RunError(str(e)) from e
     # held-out clips whose frame to predict repeats their last input are left out unless every one does

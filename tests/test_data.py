@@ -526,6 +526,11 @@ def test_folder_test_clips(ucf, tmp_path):
     boxing = data.to_unit(moving_square(H=36, W=44, seed=6)[:5, 2:34, 2:42]).transpose(0, 3, 1, 2)
     assert np.array_equal(clips[1], boxing)
     assert src.test_clips(2, 5, size=(16, 24)).shape == (2, 5, 3, 16, 24)
+    # max_side: the centre of the shared size, cropped before the float32 copy (train_min's evaluations)
+    for side, hw in ((16, (16, 16)), (33, (32, 32)), (96, (32, 40)), (0, (32, 40))):
+        small = src.test_clips(2, 5, max_side=side)
+        assert small.shape[-2:] == hw and src.test_frame_size == (32, 40)
+        assert np.array_equal(small, data.center_crop(clips, *hw))
     # more clips than videos: the next windows, round robin; then a warning when they run out
     more = src.test_clips(4, 5)
     assert np.array_equal(more[:2], clips)
