@@ -105,7 +105,8 @@ def build_parser():
                    help="paper: Table 1's widths and the paper's SGD; paper_adam: the same widths with Adam; "
                         "small: 1/8 of the widths, Adam, about 10 minutes on 2 cores. Default: paper_adam on a GPU, "
                         "small on a CPU")
-    p.add_argument("--data", default=None, help="a folder of videos or frame folders, or one video file (default: synthetic videos)")
+    p.add_argument("--data", default=None,
+                   help="a folder of videos or frame folders, or one video file (default: synthetic videos)")
     p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
     p.add_argument("--min-motion", type=float, default=None, metavar="T",
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "
@@ -114,7 +115,7 @@ def build_parser():
     p.add_argument("--pans", type=float, default=None, metavar="F",
                    help="the fraction of training samples that are camera pans, a patch moved at a random speed "
                         "over one frame of a training video or a synthetic frame (data.pan_clip; not the paper's) "
-                        "(default: 0, the small preset 0.5 on --data videos)")
+                        "(default: 0; small and paper_adam 0.5 on --data videos)")
     p.add_argument("--out", default="runs/latest",
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
                         "another run is refused unless --force")
@@ -150,7 +151,7 @@ def build_parser():
     p.add_argument("--target", choices=fp.TARGETS, default=None,
                    help="what G's output is: frame, the predicted frame (the paper's), or change, the change "
                         "from the last input frame, added to it (G starts from copying that frame; "
-                        "default: by preset: frame, the small preset change on --data videos)")
+                        "default: by preset: frame; small and paper_adam change on --data videos)")
     p.add_argument("--init-last", choices=["torch", "zero"], default=None,
                    help="torch: every layer Torch-initialised (the authors'); zero: each G'_k's last convolution "
                         "starts at 0, so each scale starts as the upscaled coarse guess (default: by preset)")
