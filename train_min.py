@@ -1,7 +1,8 @@
 """Train the paper's video predictor: `python train_min.py --loss adv_gdl`.
 
 With no --data it trains on the built-in synthetic videos (data.SyntheticVideos). A run folder
-(--out) receives checkpoint.npz (atomically, every --ckpt-every steps, at the end and on Ctrl-C),
+(--out) receives checkpoint.npz (atomically, every --ckpt-every steps but at most once every
+--ckpt-minutes, at the end and on Ctrl-C),
 eval.jsonl (held-out PSNR and sharpness of the model and of the last-input baseline) and
 samples/step_XXXXXX.png (inputs, truth, the prediction at every scale; at step 0, at every
 evaluation and on Ctrl-C). A new run refuses a folder that holds another run unless --force.
@@ -171,6 +172,10 @@ def build_parser():
     p.add_argument("--eval-every", type=natural, default=200,
                    help="steps between held-out evaluations and sample grids (default: %(default)s)")
     p.add_argument("--ckpt-every", type=natural, default=200, help="steps between checkpoints (default: %(default)s)")
+    p.add_argument("--ckpt-minutes", type=float, default=1.0, metavar="M",
+                   help="skip a checkpoint while the last one is younger than M minutes: at Table 1's widths a "
+                        "checkpoint with Adam's state is 380 MiB, and a GPU makes 200 steps in 13 s (the end, "
+                        "Ctrl-C and SIGTERM always write one) (default: %(default)s)")
     p.add_argument("--eval-clips", type=natural, default=32,
                    help="held-out clips per evaluation (default: %(default)s)")
     p.add_argument("--eval-size", type=count, default=EVAL_SIDE, metavar="SIDE",
@@ -179,7 +184,8 @@ def build_parser():
                         "`python metrics.py evaluate` scores whole frames; default: %(default)s)")
     p.add_argument("--resume", metavar="RUN", default=None,
                    help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
-                        "only --steps, --device, --processes, --log-every, --eval-every and --ckpt-every may change")
+                        "only --steps, --device, --processes, --log-every, --eval-every, --ckpt-every and --ckpt-minutes "
+                        "may change")
     p.add_argument("--init", metavar="RUN", default=None,
                    help="start from a run's G (its folder or its checkpoint.npz), and its D when the patch size "
                         "matches, e.g. 64x64 fine-tuning")
@@ -373,7 +379,7 @@ def make_optimizer(ops, params, args, saved=None):
 
 # Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
 # and a different value on the command line is refused (RunError) rather than silently dropped.
-RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every")
+RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every", "ckpt_minutes")
 NOT_WITH_RESUME = ("out", "force", "init", "bench")
 CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "target", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
 
@@ -426,7 +432,7 @@ def resume_run(args, given=frozenset()):
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
                               ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0),
-                              ("min_motion", data.MIN_MOTION), ("pans", 0.0)):
+                              ("min_motion", data.MIN_MOTION), ("pans", 0.0), ("ckpt_minutes", 1.0)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -746,6 +752,7 @@ def run(args, given=frozenset()):
         print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
               f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
     step, last_saved, g_batch, group = start, start, None, None
+    saved_at = time.time()                              # the start counts as the last checkpoint
     draws = BatchPrefetcher(source, rng, m, n, config["patch"])
     draws.request(step_batch_sizes(step)[2])
     meter = RecentRate(start, time.time())
@@ -786,7 +793,8 @@ def run(args, given=frozenset()):
             if step % args.log_every == 0 or step == total:
                 print(progress_line(step, total, log, meter.update(step, time.time()), config, scores), flush=True)
             due_eval = step % args.eval_every == 0 or step == total
-            due_ckpt = step % args.ckpt_every == 0 or step == total
+            due_ckpt = step == total or (step % args.ckpt_every == 0
+                                         and time.time() - saved_at >= 60 * args.ckpt_minutes)
             if group and (due_eval or due_ckpt):
                 group.pull(params, opt)                 # the workers' weights, for the evaluation and checkpoint
             if due_eval:
@@ -794,7 +802,7 @@ def run(args, given=frozenset()):
                 scores = evaluation(step)
             if due_ckpt:
                 save_run(args.out, ops, params, config, step, draws.rng_before_pending(), args, opt)
-                last_saved = step
+                last_saved, saved_at = step, time.time()
         if group and stop["now"]:
             group.pull(params, opt)                     # for the checkpoint and grid below
     except KeyboardInterrupt:

@@ -161,6 +161,19 @@ def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, optimi
                     np.testing.assert_array_equal(value, opt_b[net][moment][key], err_msg=f"{net} {moment} {key}")
 
 
+@pytest.mark.parametrize("minutes, saved", [("0", [0, 1, 2, 3, 4]), ("10", [0, 4])])
+def test_train_checkpoints_every_steps_but_not_more_often_than_minutes(tmp_path, monkeypatch, capsys, minutes, saved):
+    """--ckpt-every 1 writes at every step unless the last checkpoint is younger than --ckpt-minutes;
+    the start and the end are always written."""
+    steps, real_save = [], train_min.save_run
+    monkeypatch.setattr(train_min, "save_run", lambda out, ops, params, config, step, *a, **k:
+                        steps.append(step) or real_save(out, ops, params, config, step, *a, **k))
+    code, _ = run_cli(tmp_path, "--loss", "l2", "--steps", "4", "--eval-every", "100", "--ckpt-every", "1",
+                      "--ckpt-minutes", minutes)
+    assert code == 0, capsys.readouterr().out
+    assert steps == saved
+
+
 def test_train_sigint_in_subprocess_leaves_loadable_checkpoint(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "train_min.py", "--loss", "l2", "--steps", "100000", "--out", str(out)]
