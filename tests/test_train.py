@@ -299,9 +299,10 @@ def test_train_pans_are_kept_by_the_run(tmp_path, capsys, monkeypatch):
 
 
 def test_train_small_preset_on_real_video(tmp_path, capsys):
-    """The small preset (and paper_adam, the GPU's default) on --data videos: G predicts the change and half the samples are pans, said at
-    the start; the paper's motion filter stays; a flag given on the command line wins; the synthetic
-    videos and the paper preset keep the paper's target and no pans."""
+    """The small preset (and paper_adam, the GPU's default) on --data videos: G predicts the change
+    and half the samples are pans, said at the start; the paper's motion filter stays; a flag given
+    on the command line wins; the synthetic videos and the paper preset keep the paper's target and
+    no pans."""
     videos = write_video_folder(tmp_path / "videos")
     code, run = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--data", str(videos), name="video")
     text = capsys.readouterr().out
