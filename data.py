@@ -145,7 +145,7 @@ def read_frames(path, last=None):
             if frames[-1].shape != frames[0].shape:
                 raise DataError(f"frame {f} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
                                 f"the first frame of {p} is {frames[0].shape[1]}x{frames[0].shape[0]}")
-        return np.stack(frames)
+        return _stack_freeing(frames)
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
     import imageio.v2 as iio
@@ -161,7 +161,18 @@ def read_frames(path, last=None):
         warnings.warn(f"video {p} is truncated after {decoded} frames ({_brief(e)})", DataWarning)
     if not frames:
         raise DataError(f"video {p} has no frames")
-    return np.stack(frames)
+    return _stack_freeing(frames)
+
+
+def _stack_freeing(frames):
+    """np.stack of a list or deque of equal (H, W, 3) frames, each let go once copied: a decoded video
+    is held once at the peak, not twice (a minute of 1080p is about 11 GB)."""
+    held, frames = frames, list(frames)
+    held.clear()                                  # the caller's container lets go of its frames
+    out = np.empty((len(frames),) + frames[0].shape, frames[0].dtype)
+    for i in range(len(frames)):
+        out[i], frames[i] = frames[i], None
+    return out
 
 
 def _brief(e):

@@ -5,6 +5,7 @@ into a UCF101-like layout under tmp_path; nothing is downloaded."""
 import io
 import shutil
 import warnings
+from collections import deque
 
 import imageio.v2 as iio
 import numpy as np
@@ -230,6 +231,15 @@ def test_data_read_frames_video_and_frame_folder(ucf, tmp_path):
     assert np.array_equal(f, moving_square(H=36, W=44, seed=6))  # PNG is lossless, order natural
     g = write_frame_folder(tmp_path / "gray", [np.full((8, 8), 9 * t, np.uint8) for t in range(3)])
     assert data.read_frames(g).shape == (3, 8, 8, 3)
+
+
+def test_data_stack_freeing_holds_a_video_once():
+    """read_frames' stacking: np.stack's result, with the decoded frames let go of as they are copied
+    (the caller's list or deque is emptied), so a video is not held twice at its peak."""
+    frames = [np.random.default_rng(i).integers(0, 256, (4, 6, 3), dtype=np.uint8) for i in range(5)]
+    for container in (list(frames), deque(frames, maxlen=5)):
+        out = data._stack_freeing(container)
+        assert np.array_equal(out, np.stack(frames)) and out.dtype == np.uint8 and len(container) == 0
 
 
 def test_data_read_frames_last(ucf, tmp_path, monkeypatch):
