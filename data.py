@@ -117,13 +117,14 @@ def _split_xy(clips, m):
 
 
 # ----------------------------------------------------------------------------- reading
-def read_frames(path, last=None):
+def read_frames(path, last=None, max_bytes=None):
     """Decode a video file (.mp4 .avi .mkv .mov .webm, via imageio's ffmpeg plugin) or a folder of
     .png/.jpg/.jpeg frames (sorted by natural order: 2.png before 10.png) into uint8 (T, H, W, 3).
     last: keep only the last `last` frames (T <= last): a folder's other images are not opened,
     a video's earlier frames are decoded (ffmpeg reads a stream in order) but not kept, so memory
-    holds `last` frames whatever the length. Raises DataError naming the file when it is missing,
-    unreadable, corrupt or empty."""
+    holds `last` frames whatever the length. max_bytes (with last None): keep only the first frames
+    that fit in max_bytes (at least one), the rest not decoded, with a DataWarning. Raises DataError
+    naming the file when it is missing, unreadable, corrupt or empty."""
     p = Path(path)
     if not p.exists():
         raise DataError(f"video does not exist: {p}")
@@ -137,6 +138,8 @@ def read_frames(path, last=None):
         from PIL import Image
         frames = []
         for f in files:
+            if _full(frames, max_bytes, last):
+                break
             try:
                 with Image.open(f) as im:
                     frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
@@ -145,14 +148,18 @@ def read_frames(path, last=None):
             if frames[-1].shape != frames[0].shape:
                 raise DataError(f"frame {f} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
                                 f"the first frame of {p} is {frames[0].shape[1]}x{frames[0].shape[0]}")
+        _warn_if_cut(p, frames, len(files), max_bytes)
         return _stack_freeing(frames)
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
     import imageio.v2 as iio
-    frames, decoded = ([] if last is None else deque(maxlen=int(last))), 0
+    frames, decoded, more = ([] if last is None else deque(maxlen=int(last))), 0, False
     try:
         with iio.get_reader(str(p), format="FFMPEG") as reader:
             for frame in reader:
+                if _full(frames, max_bytes, last):
+                    more = True
+                    break
                 frames.append(_rgb(frame))
                 decoded += 1
     except Exception as e:  # ffmpeg's errors come as OSError, RuntimeError, IndexError...
@@ -161,7 +168,21 @@ def read_frames(path, last=None):
         warnings.warn(f"video {p} is truncated after {decoded} frames ({_brief(e)})", DataWarning)
     if not frames:
         raise DataError(f"video {p} has no frames")
+    _warn_if_cut(p, frames, len(frames) + more, max_bytes)
     return _stack_freeing(frames)
+
+
+def _full(frames, max_bytes, last):
+    """Whether one more frame would take the frames kept so far past max_bytes (read_frames)."""
+    return last is None and max_bytes is not None and frames and (len(frames) + 1) * frames[0].nbytes > max_bytes
+
+
+def _warn_if_cut(path, frames, available, max_bytes):
+    if len(frames) < available:
+        h, w = frames[0].shape[:2]
+        warnings.warn(f"video {path}: only its first {len(frames)} frames are used: {len(frames)} frames of {w}x{h} "
+                      f"fill the {max_bytes / 2 ** 20:.0f} MiB of frame memory (shorten or downscale it, or free "
+                      f"memory)", DataWarning, stacklevel=3)
 
 
 def _stack_freeing(frames):
@@ -387,8 +408,8 @@ class VideoFolder:
     uses the test set.
 
     Videos are decoded lazily, once, into uint8 frames kept in an LRU cache of at most
-    ``cache_mib`` MiB (default: ``default_cache_mib()``; a video bigger than that is decoded every
-    time it is drawn, with a DataWarning the first time). Once the cache has had
+    ``cache_mib`` MiB (default: ``default_cache_mib()``; of a video bigger than that only the first
+    frames that fit are decoded and used, with a DataWarning). Once the cache has had
     to evict, ``sample`` draws a video from among the cached ones with probability ``reuse``
     (else uniformly from all), so that each decode serves about 1 / (1 - reuse) samples and
     decoding does not dominate training; reuse=0 draws uniformly always. Corrupt videos, videos
@@ -414,7 +435,7 @@ class VideoFolder:
         self.reuse, self.pans = reuse, pans
         cache_mib = default_cache_mib() if cache_mib is None else cache_mib
         self.cache_bytes, self.decodes, self.evictions, self.skipped = int(cache_mib * 2 ** 20), 0, 0, []
-        self._cache, self._bad, self._too_big = OrderedDict(), {}, set()
+        self._cache, self._bad = OrderedDict(), {}
         videos = videos or find_videos(root)
         if not videos:
             raise DataError(f"no videos in {root}: searched recursively for {' '.join(VIDEO_EXTS)} "
@@ -470,19 +491,12 @@ class VideoFolder:
         path, part = entry
         frames = self._cache.get(path)
         if frames is None:
-            frames = read_frames(path)
+            frames = read_frames(path, max_bytes=self.cache_bytes)   # at most its first frames that fit
             self.decodes += 1
-            if frames.nbytes > self.cache_bytes and path not in self._too_big:
-                self._too_big.add(path)
-                warnings.warn(f"video {path} decodes to {frames.nbytes / 2 ** 20:.0f} MiB of frames, more than "
-                              f"the frame cache's {self.cache_bytes / 2 ** 20:.0f} MiB: it is decoded again each "
-                              f"time it is drawn, which slows training (shorten or downscale it, or free memory)",
-                              DataWarning, stacklevel=3)
-            if frames.nbytes <= self.cache_bytes:
-                self._cache[path] = frames
-                while sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
-                    self._cache.popitem(last=False)
-                    self.evictions += 1
+            self._cache[path] = frames
+            while sum(f.nbytes for f in self._cache.values()) > self.cache_bytes:
+                self._cache.popitem(last=False)
+                self.evictions += 1
         else:
             self._cache.move_to_end(path)
         cut = int(round(len(frames) * 0.8))

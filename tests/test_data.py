@@ -436,7 +436,7 @@ def test_folder_split_list_every_nth(ucf, tmp_path):
 def test_folder_cache_reuse(ucf, monkeypatch):
     calls = []
     real = data.read_frames
-    monkeypatch.setattr(data, "read_frames", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(data, "read_frames", lambda p, **kw: calls.append(p) or real(p, **kw))
     src = VideoFolder(ucf)
     src.sample(32, 4, 1, 32, np.random.default_rng(0))
     assert src.decodes == len(calls) == len(src.train_videos) == 4  # each video decoded once
@@ -459,13 +459,22 @@ def test_folder_cache_default_size_and_a_video_too_big_for_it(ucf, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda *a, **k: io.StringIO(meminfo))
     assert data.default_cache_mib() == 6144
     monkeypatch.undo()
-    one = 12 * 40 * 48 * 3 / 2 ** 20
+    one = 12 * 40 * 48 * 3 / 2 ** 20                       # a 12-frame 40x48 video, in MiB
     src = VideoFolder(ucf, cache_mib=one / 2)
     entry = src.train_videos[0]
-    with pytest.warns(DataWarning, match="decoded again each time it is drawn") as caught:
-        src._load(entry), src._load(entry)
+    with pytest.warns(DataWarning, match="only its first 6 frames are used: 6 frames of 48x40 fill") as caught:
+        first, again = src._load(entry), src._load(entry)
     ours = [w for w in caught if issubclass(w.category, DataWarning)]
-    assert len(ours) == 1 and src.decodes == 2 and not src._cache  # warned once, decoded twice
+    assert len(ours) == 1 and src.decodes == 1 and again is first   # warned once, decoded once, cached
+    np.testing.assert_array_equal(first, data.read_frames(entry[0])[:6])
+    for folder_or_video in (entry[0], ucf / "UCF-101" / "BoxingBag" / "v_BoxingBag_g01_c01"):
+        whole = data.read_frames(folder_or_video)
+        with pytest.warns(DataWarning, match=f"only its first 5 frames"):
+            cut = data.read_frames(folder_or_video, max_bytes=5.5 * whole[0].nbytes)
+        np.testing.assert_array_equal(cut, whole[:5])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataWarning)                          # exactly fits: no warning
+            assert len(data.read_frames(folder_or_video, max_bytes=whole.nbytes)) == len(whole)
 
 
 def test_folder_lru_evicts_least_recently_used(ucf):
@@ -478,7 +487,7 @@ def test_folder_lru_evicts_least_recently_used(ucf):
 
 
 def test_folder_sample_wraps_unexpected_errors(ucf, monkeypatch):
-    def boom(path):
+    def boom(path, **kw):
         raise RuntimeError("decoder exploded")
     monkeypatch.setattr(data, "read_frames", boom)
     with pytest.raises(DataError, match="decoder exploded"):
