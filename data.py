@@ -88,6 +88,15 @@ def center_crop(x, h, w):
     return x[..., y0:y0 + h, x0:x0 + w]
 
 
+def crop_size(hw, max_side):
+    """(H, W) -> (h, w), each side at most max_side rounded down to a multiple of 8 (at least 8);
+    max_side 0 or None: (H, W) as it is."""
+    if not max_side:
+        return tuple(hw)
+    side = max(8, max_side // 8 * 8)
+    return tuple(min(d, side) for d in hw)
+
+
 def _natural_key(name):
     return [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", str(name))]
 
@@ -604,7 +613,7 @@ class VideoFolder:
         for path, _ in self.test_videos:     # read for these clips only: their memory goes back to training's
             if path not in training:
                 self._cache.pop(path, None)
-        crop = min_hw if not max_side else tuple(min(d, max(8, max_side // 8 * 8)) for d in min_hw)
+        crop = crop_size(min_hw, max_side)
         clips = [center_crop(center_crop(c.transpose(0, 3, 1, 2), *min_hw), *crop) for c in clips]
         return to_unit(np.stack(clips))  # one float32 copy
 

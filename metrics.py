@@ -1272,8 +1272,8 @@ def build_parser():
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", help="run folders of train_min.py or "
                    "their checkpoint.npz files; each model reads its own last m frames, so models with "
                    "different m can be compared")
-    p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset), or one video file (its last 20%% of "
-                   "frames); default: the synthetic held-out clips")
+    p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset), or one video file "
+                   "(its last 20%% of frames); default: the synthetic held-out clips")
     p.add_argument("--split-list", metavar="F", help="UCF101-style test list for --data (e.g. testlist01.txt)")
     p.add_argument("--val", action="store_true", help="score on the synthetic videos' validation draw instead "
                    "of their test clips (for choosing settings without looking at the test set)")

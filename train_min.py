@@ -306,10 +306,7 @@ def eval_crop(hw, side):
     (a multiple of 8, for G's pooling; 0: whole frames). At 272x640 the whole frames cost a small
     preset run 30-60 s per evaluation, every 200 steps of ~15 s; 96x96 costs about 2x the synthetic
     videos' 64x64 frames."""
-    if not side:
-        return tuple(hw)
-    side = max(8, side // 8 * 8)
-    return tuple(min(d, side) for d in hw)
+    return data.crop_size(hw, side)
 
 
 def evaluate(ops, params, config, clips, memory=fp.DEFAULT_TILE_MEMORY):
