@@ -7,6 +7,7 @@ X (batch, 3m, patch, patch) and Y (batch, 3n, patch, patch); ``source.test_clips
 held-out set (count, length, 3, H, W). Training patches are kept only when they move enough
 (paper section 4.1): see ``motion`` and ``MIN_MOTION``.
 """
+import functools
 import os
 import re
 import sys
@@ -141,7 +142,9 @@ def read_frames(path, last=None, max_bytes=None):
         files = sorted((f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS and f.is_file()),
                        key=lambda f: _natural_key(f.name))
         if not files:
-            raise DataError(f"no {'/'.join(IMAGE_EXTS)} frames in folder {p}")
+            videos = [f.name for f in p.iterdir() if f.suffix.lower() in VIDEO_EXTS]
+            raise DataError(f"no {'/'.join(IMAGE_EXTS)} frames in folder {p}"
+                            + (f": it holds videos (give one of them, e.g. {p / videos[0]})" if videos else ""))
         if last is not None:
             files = files[-int(last):]
         from PIL import Image
@@ -151,7 +154,9 @@ def read_frames(path, last=None, max_bytes=None):
                 break
             try:
                 with Image.open(f) as im:
-                    frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+                    frames.append(_image_rgb(im, f))
+            except DataError:
+                raise
             except Exception as e:
                 raise DataError(f"cannot read frame {f}: {e}") from e
             if frames[-1].shape != frames[0].shape:
@@ -164,7 +169,7 @@ def read_frames(path, last=None, max_bytes=None):
     import imageio.v2 as iio
     frames, decoded, more = ([] if last is None else deque(maxlen=int(last))), 0, False
     try:
-        with iio.get_reader(str(p), format="FFMPEG") as reader:
+        with iio.get_reader(str(p), format="FFMPEG", output_params=_frames_as_stored()) as reader:
             for frame in reader:
                 if _full(frames, max_bytes, last):
                     more = True
@@ -179,6 +184,31 @@ def read_frames(path, last=None, max_bytes=None):
         raise DataError(f"video {p} has no frames")
     _warn_if_cut(p, frames, len(frames) + more, max_bytes)
     return _stack_freeing(frames)
+
+
+@functools.lru_cache(maxsize=1)
+def _frames_as_stored():
+    """ffmpeg's output options that pass each stored frame through once. Without them ffmpeg
+    resamples a video of variable frame rate (phones record such) to a constant rate, repeating
+    some frames and dropping others; `-fps_mode` is ffmpeg 5.1's name for the older `-vsync`."""
+    import imageio_ffmpeg
+    try:
+        version = re.match(r"n?(\d+)\.(\d+)", imageio_ffmpeg.get_ffmpeg_version())
+    except Exception:  # an ffmpeg that does not say: imageio's own error comes when it is run
+        version = None
+    old = version is not None and (int(version[1]), int(version[2])) < (5, 1)
+    return ["-vsync", "0"] if old else ["-fps_mode", "passthrough"]
+
+
+def _image_rgb(im, path):
+    """A PIL image -> uint8 (H, W, 3). 16-bit grayscale (modes I;16*, and I as Pillow opens 16-bit
+    PNGs) is scaled to 8 bits: convert("RGB") would clip it to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        gray = np.asarray(im, dtype=np.float64) / 257.0        # 65535 -> 255
+        return np.repeat(np.clip(np.rint(gray), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        raise DataError(f"frame {path} holds floating-point pixels (mode F): save it as 8- or 16-bit PNG or JPG")
+    return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def _full(frames, max_bytes, last):
@@ -374,11 +404,15 @@ def _hue_to_rgb(h):
 # ----------------------------------------------------------------------------- video folders
 def find_videos(root):
     """All videos under root, recursively, in sorted (natural) order: video files by extension
-    (case-insensitive) and frame folders (directories directly holding .png/.jpg/.jpeg files)."""
-    found = []
-    for d, dirs, files in os.walk(root):
-        dirs.sort(key=_natural_key)
-        names = sorted(files, key=_natural_key)
+    (case-insensitive) and frame folders (directories directly holding .png/.jpg/.jpeg files).
+    Linked folders are followed (each real folder once); hidden files and folders (".name", such
+    as macOS's "._clip.mp4") are left out."""
+    found, seen = [], set()
+    for d, dirs, files in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(d))
+        dirs[:] = sorted((x for x in dirs if not x.startswith(".") and os.path.realpath(os.path.join(d, x)) not in seen),
+                         key=_natural_key)
+        names = sorted((f for f in files if not f.startswith(".")), key=_natural_key)
         if any(Path(f).suffix.lower() in IMAGE_EXTS for f in names):
             found.append(Path(d))
         found += [Path(d) / f for f in names if Path(f).suffix.lower() in VIDEO_EXTS]
@@ -387,15 +421,23 @@ def find_videos(root):
 
 def _read_split_list(path):
     """Entries of a UCF101-style list ('Class/v_Class_g01_c01.avi[ index]'), in order, as
-    lower-case relative paths without a video extension."""
+    lower-case relative paths without a video extension. A name may hold spaces; a trailing
+    class index (UCF101's trainlist) is dropped; a byte-order mark is ignored."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"split list does not exist: {p}")
+        raise DataError(f"split list {'is a folder, not a file' if p.is_dir() else 'does not exist'}: {p}")
     try:
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+        lines = p.read_text(encoding="utf-8-sig", errors="replace").splitlines()
     except OSError as e:
         raise DataError(f"cannot read split list {p}: {e}") from e
-    return [_list_key(ln.split()[0]) for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    entries = [_without_index(ln.strip()) for ln in lines]
+    return [_list_key(e) for e in entries if e and not e.startswith("#")]
+
+
+def _without_index(entry):
+    """'Class/v_Class_g01_c01.avi 1' -> 'Class/v_Class_g01_c01.avi'; 'my clip 2.mp4' as it is."""
+    named = re.fullmatch(r"(.+?)\s+\d+", entry)
+    return named[1] if named and Path(named[1]).suffix.lower() in VIDEO_EXTS else entry
 
 
 def _list_key(rel):
@@ -522,8 +564,13 @@ class VideoFolder:
             reason = str(e)
         else:
             T, H, W = frames.shape[:3]
-            if T < min_len:
-                reason = f"only {T} frames, {min_len} needed"
+            if T < min_len and entry[1] is not None:      # one part of a lone video (see __init__)
+                whole = len(self._cache[entry[0]])
+                part = "first 80%" if entry[1] == "head" else "last 20%"
+                reason = (f"its {part} of frames, {T} of {whole}, is too short: {min_len} needed (a video "
+                          f"given alone needs at least {5 * min_len} frames; give more videos)")
+            elif T < min_len:
+                reason = f"only {T} frame{'s' * (T != 1)}, {min_len} needed"
             elif H < min_hw[0] or W < min_hw[1]:
                 reason = f"frames of {W}x{H} are smaller than {min_hw[1]}x{min_hw[0]}"
             else:
@@ -601,8 +648,12 @@ class VideoFolder:
             got.update({(e, w): frames[w * length:(w + 1) * length].copy() for e, w in extra if e == entry})
         clips += [got[k] for k in extra]
         if not clips:
-            raise DataError(f"no usable test video with {length} frames of at least "
-                            f"{min_hw[1]}x{min_hw[0]} in {self.root}")
+            why = [f"{Path(path).name}: {self._bad[(path, part)]}" for path, part in self.test_videos
+                   if (path, part) in self._bad]
+            held_out = (f" (held out: {'; '.join(why[:3])}{'; ...' if len(why) > 3 else ''}; replace them, or "
+                        f"choose the held-out videos with --split-list)") if why else ""
+            raise DataError(f"no usable test video with {length} frames of at least {min_hw[1]}x{min_hw[0]} in "
+                            f"{self.root}{held_out}")
         if len(clips) < count:
             warnings.warn(f"only {len(clips)} test clips of {length} frames in {self.root}, "
                           f"{count} asked for", DataWarning, stacklevel=2)

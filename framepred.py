@@ -893,7 +893,14 @@ def predict(args):
         ops = load_backend(args.device)
         history = to_unit(frames[-m:]).transpose(0, 3, 1, 2)
         memory = int(args.memory * 2 ** 20)
-        tiles = tile_plan(H + pt + pb, W + pl + pr, tile_budget(config, 1, 4, memory)[0], tile_margin(config))
+        max_pixels = tile_budget(config, 1, 4, memory)[0]
+        tiles = tile_plan(H + pt + pb, W + pl + pr, max_pixels, tile_margin(config))
+        biggest = max((y1 - y0) * (x1 - x0) for (y0, y1, x0, x1), _ in tiles)
+        if biggest > max_pixels:   # even tile_plan's smallest windows do not fit
+            need = biggest / max_pixels * args.memory
+            raise PredictError(f"--memory {args.memory:g} MiB is too little for this model: its smallest tiles "
+                               f"(8x8 px and G's receptive field, {tile_margin(config)} px, on each side) need "
+                               f"{need:.0f} MiB; give at least that (default {DEFAULT_TILE_MEMORY / 2 ** 20:g})")
         print(f"G runs on {len(tiles)} tile{'s' * (len(tiles) != 1)} of at most "
               f"{max(x1 - x0 for (_, _, x0, x1), _ in tiles)}x{max(y1 - y0 for (y0, y1, _, _), _ in tiles)} "
               f"px (--memory {args.memory:g} MiB; overlap {tile_margin(config)} px, G's receptive field)")

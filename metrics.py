@@ -1121,10 +1121,12 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
         raise DataError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
-        clips = source.test_clips(count, length, size, **({"split": "val"} if val else {}))
-    for w in caught:
-        print(f"warning: {w.message}", file=sys.stderr)
+        try:
+            source = open_source(data, split_list=split_list, every_nth=every_nth, subset="test")
+            clips = source.test_clips(count, length, size, **({"split": "val"} if val else {}))
+        finally:  # the skipped videos' reasons are shown also when no clip is left
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
     if data is None:
         what = ("synthetic validation clips (data.SyntheticVideos.test_clips(split='val'), seed 0)" if val
                 else "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)")
@@ -1183,6 +1185,9 @@ def evaluate(args):
             clips = clips[~repeated]
             described += (f"; {int(repeated.sum())} of them left out, whose frame to predict repeats the last "
                           f"input exactly (copying would score inf dB)")
+        elif repeated.all():
+            described += ("; in every clip a frame to predict repeats the last input exactly (a video with "
+                          "duplicated frames, or nothing moves): copying scores inf dB PSNR")
         h, w = clips.shape[-2:]
         if h % 8 or w % 8 or min(h, w) < 16:
             raise EvaluationError(f"test frames of {h}x{w}: need sides that are multiples of 8 and at least 16; "

@@ -586,3 +586,85 @@ def test_folder_one_video_file_is_a_folder_of_it_alone(templates, tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+# ----------------------------------------------------------------------------- inputs users give (stop 26)
+def test_data_read_frames_variable_frame_rate_gives_each_stored_frame_once(tmp_path):
+    """A video of variable frame rate (as phones record) is read as stored: without
+    data._frames_as_stored ffmpeg resamples it to a constant rate (here 65 frames: a 1 s gap
+    filled with copies of frame 19)."""
+    import subprocess
+    import imageio_ffmpeg
+    exe = imageio_ffmpeg.get_ffmpeg_exe()
+    if data._frames_as_stored()[0] != "-fps_mode":
+        pytest.skip("ffmpeg older than 5.1 cannot write this test's video")
+    for t in range(40):
+        Image.fromarray(np.full((16, 16, 3), 6 * t, np.uint8)).save(tmp_path / f"{t:03d}.png")
+    video = tmp_path / "gap.mkv"                    # frames 20..39 one second late
+    subprocess.run([exe, "-loglevel", "error", "-framerate", "25", "-i", str(tmp_path / "%03d.png"), "-vf",
+                    "setpts='if(gt(N,19),(N+25)/25,N/25)/TB'", "-fps_mode", "vfr", "-c:v", "ffv1", str(video)],
+                   check=True)
+    frames = data.read_frames(video)
+    assert len(frames) == 40
+    np.testing.assert_allclose(frames[:, 8, 8].mean(axis=1), 6 * np.arange(40), atol=2)
+
+
+def test_data_read_frames_16_bit_png_scaled_to_8_bits(tmp_path):
+    """16-bit grayscale PNGs (Pillow mode I;16 or I) become 8-bit grey, not clipped to white."""
+    levels = np.array([[0, 257 * 10], [257 * 128, 65535]], np.uint16)
+    for t in range(2):
+        Image.fromarray(levels).save(tmp_path / f"{t}.png")
+    frames = data.read_frames(tmp_path)
+    assert frames.shape == (2, 2, 2, 3)
+    np.testing.assert_array_equal(frames[1, :, :, 0], [[0, 10], [128, 255]])
+    np.testing.assert_array_equal(frames[..., 0], frames[..., 2])
+    assert data._image_rgb(Image.fromarray(np.zeros((2, 2), np.int32)), "x").shape == (2, 2, 3)   # mode I
+    with pytest.raises(DataError, match="mode F"):
+        data._image_rgb(Image.fromarray(np.zeros((2, 2), np.float32)), "f.png")
+
+
+def test_data_split_list_names_with_spaces_indices_and_a_byte_order_mark(tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_bytes("\ufeffmy video (1).mp4\r\nClass/v_a.avi 12\nclip 2.mp4\n# note\n".encode("utf-8"))
+    assert data._read_split_list(lst) == ["my video (1)", "class/v_a", "clip 2"]
+    with pytest.raises(DataError, match="is a folder"):
+        data._read_split_list(tmp_path)
+
+
+def test_data_find_videos_follows_linked_folders_once_and_skips_hidden(templates, tmp_path):
+    real = tmp_path / "real"
+    put(templates, "avi", real / "Class" / "a.avi")
+    put(templates, "avi", real / "Class" / "._a.avi")          # macOS's resource fork beside a copied file
+    put(templates, "avi", real / ".cache" / "b.avi")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "Linked").symlink_to(real / "Class", target_is_directory=True)
+    (root / "Linked" / "loop").symlink_to(root, target_is_directory=True)   # a cycle: each folder once
+    assert [p.relative_to(root).as_posix() for p in data.find_videos(root)] == ["Linked/a.avi"]
+    assert [p.name for p in data.find_videos(real)] == ["a.avi"]
+
+
+def test_folder_lone_short_video_and_unusable_held_out_videos_say_why(templates, tmp_path):
+    """A video given alone is split 80/20 in time: the message says which part is short, with the
+    frames it has and needs; when every held-out video is unusable, the error says why each was."""
+    video = put(templates, "avi", tmp_path / "lone" / "v.avi")             # 12 frames: 10 + 2
+    src = VideoFolder(video)
+    with pytest.warns(DataWarning, match=r"its last 20% of frames, 2 of 12, is too short: 5 needed .*at least 25"):
+        with pytest.raises(DataError, match=r"held out: v.avi: its last 20%"):
+            src.test_clips(1, 5)
+    folder = tmp_path / "folder"
+    put(templates, "avi", folder / "a.avi")
+    (folder / "z.mp4").write_bytes(b"not a video")                         # sorted last: held out
+    with pytest.warns(DataWarning, match="z.mp4"):
+        with pytest.raises(DataError, match=r"held out: z.mp4: cannot decode .*--split-list"):
+            VideoFolder(folder).test_clips(1, 5)
+    short = put(templates, "short", tmp_path / "s" / "only3.avi")
+    with pytest.warns(DataWarning, match="2 of 3"):
+        with pytest.raises(DataError):
+            VideoFolder(short).sample(1, 4, 1, 8, np.random.default_rng(0))
+
+
+def test_data_read_frames_folder_of_videos_says_to_give_one(templates, tmp_path):
+    put(templates, "avi", tmp_path / "a.avi")
+    with pytest.raises(DataError, match=r"holds videos \(give one of them"):
+        data.read_frames(tmp_path)

@@ -398,3 +398,36 @@ def test_evaluate_leaves_out_clips_whose_frame_to_predict_repeats_the_last_input
     assert "inf" not in captured.out.replace("Sharp. diff.", "")
     rows = list(csv.DictReader(open(os.path.join(out, "table.csv"), encoding="utf-8")))
     assert all(math.isfinite(float(v)) for row in rows for k, v in row.items() if k.startswith("whole_"))
+
+
+def test_evaluate_and_predict_say_why_they_cannot_go_on(ckpts, odd_video, tmp_path, capsys):
+    """evaluate: the reason a held-out video was rejected is shown also when none is left, and a
+    test set in which nothing moves is said to be one; predict: a --memory too small for G's
+    smallest tiles is refused with the least that works (it ran thousands of tiles before)."""
+    root = tmp_path / "videos"
+    frames = synthetic_frames(3, 12, 32, 32)
+    frame_folder(str(root / "a_train"), frames)
+    (root / "z_test").mkdir()
+    (root / "z_test" / "1.png").write_bytes(b"not a png")                 # held out: the last in order
+    rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--data", str(root), "--device", "cpu",
+                       "--out", str(tmp_path / "o"), "--figures", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "warning: skipping video" in err and "cannot read frame" in err
+    assert "held out: z_test: cannot read frame" in err and "Traceback" not in err
+
+    still = tmp_path / "still"
+    frame_folder(str(still / "a_train"), frames)
+    frame_folder(str(still / "z_test"), np.repeat(frames[:1], 12, axis=0))
+    rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--data", str(still), "--device", "cpu",
+                       "--out", str(tmp_path / "o2"), "--figures", "0", "--clips", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "in every clip a frame to predict repeats the last input exactly" in err
+
+    rc = fp.main(["predict", "--checkpoint", ckpts[0], "--input", odd_video, "--out", str(tmp_path / "p"),
+                  "--device", "cpu", "--memory", "0.01"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--memory 0.01 MiB is too little for this model" in err and "Traceback" not in err
+    need = float(err.split(" need ")[1].split(" MiB")[0])
+    rc = fp.main(["predict", "--checkpoint", ckpts[0], "--input", odd_video, "--out", str(tmp_path / "p"),
+                  "--device", "cpu", "--memory", str(need + 1)])
+    assert rc == 0, capsys.readouterr().err
