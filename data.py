@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".wmv")   # imageio's ffmpeg plugin reads these
+UNREAD_VIDEO_EXTS = (".m4v", ".3gp", ".flv", ".ogv", ".mts", ".m2ts")   # it refuses these: a warning says so
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 MIN_MOTION = 1e-3  # default threshold on motion(): mean squared frame difference on [-1, 1]
 MAX_TRIES = 20     # default number of draws before the motion filter gives up (keeps the last)
@@ -128,7 +129,7 @@ def _split_xy(clips, m):
 
 # ----------------------------------------------------------------------------- reading
 def read_frames(path, last=None, max_bytes=None):
-    """Decode a video file (.mp4 .avi .mkv .mov .webm, via imageio's ffmpeg plugin) or a folder of
+    """Decode a video file (VIDEO_EXTS, via imageio's ffmpeg plugin) or a folder of
     .png/.jpg/.jpeg frames (sorted by natural order: 2.png before 10.png) into uint8 (T, H, W, 3).
     last: keep only the last `last` frames (T <= last): a folder's other images are not opened,
     a video's earlier frames are decoded (ffmpeg reads a stream in order) but not kept, so memory
@@ -164,6 +165,8 @@ def read_frames(path, last=None, max_bytes=None):
                                 f"the first frame of {p} is {frames[0].shape[1]}x{frames[0].shape[0]}")
         _warn_if_cut(p, frames, len(files), max_bytes)
         return _stack_freeing(frames)
+    if p.suffix.lower() in UNREAD_VIDEO_EXTS:
+        raise DataError(f"{p}: {_unread_hint(p)}")
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
     import imageio.v2 as iio
@@ -407,7 +410,7 @@ def find_videos(root):
     (case-insensitive) and frame folders (directories directly holding .png/.jpg/.jpeg files).
     Linked folders are followed (each real folder once); hidden files and folders (".name", such
     as macOS's "._clip.mp4") are left out."""
-    found, seen = [], set()
+    found, unread, seen = [], [], set()
     for d, dirs, files in os.walk(root, followlinks=True):
         seen.add(os.path.realpath(d))
         dirs[:] = sorted((x for x in dirs if not x.startswith(".") and os.path.realpath(os.path.join(d, x)) not in seen),
@@ -416,7 +419,16 @@ def find_videos(root):
         if any(Path(f).suffix.lower() in IMAGE_EXTS for f in names):
             found.append(Path(d))
         found += [Path(d) / f for f in names if Path(f).suffix.lower() in VIDEO_EXTS]
+        unread += [Path(d) / f for f in names if Path(f).suffix.lower() in UNREAD_VIDEO_EXTS]
+    if unread:
+        warnings.warn(f"{len(unread)} video file(s) left out, e.g. {unread[0]}: {_unread_hint(unread[0])}",
+                      DataWarning, stacklevel=2)
     return found
+
+
+def _unread_hint(path):
+    return (f"imageio does not read {path.suffix} files (rename a .m4v or .3gp to .mp4, or convert it: "
+            f"ffmpeg -i '{path.name}' '{path.stem}.mp4')")
 
 
 def _read_split_list(path):
@@ -474,6 +486,8 @@ class VideoFolder:
             raise DataError(f"video folder does not exist: {root}")
         if root.is_file() and root.suffix.lower() in VIDEO_EXTS:
             videos = [root]                          # one video file: as a folder of that video alone
+        elif root.is_file() and root.suffix.lower() in UNREAD_VIDEO_EXTS:
+            raise DataError(f"{root}: {_unread_hint(root)}")
         elif not root.is_dir():
             raise DataError(f"not a video file or a folder: {root} (give a {' '.join(VIDEO_EXTS)} file, or the "
                             f"folder that holds the videos)")

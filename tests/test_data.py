@@ -668,3 +668,15 @@ def test_data_read_frames_folder_of_videos_says_to_give_one(templates, tmp_path)
     put(templates, "avi", tmp_path / "a.avi")
     with pytest.raises(DataError, match=r"holds videos \(give one of them"):
         data.read_frames(tmp_path)
+
+
+def test_data_video_types_imageio_refuses_are_named_with_a_way_out(templates, tmp_path):
+    """.m4v .3gp .flv .ogv .mts files: imageio's ffmpeg plugin refuses their extension, so a folder
+    warns that it left them out, and one given alone is refused, each saying how to make it readable."""
+    put(templates, "avi", tmp_path / "a.avi")
+    put(templates, "mp4", tmp_path / "phone" / "clip.m4v")
+    with pytest.warns(DataWarning, match=r"1 video file\(s\) left out, e.g. .*clip.m4v: .*rename a .m4v"):
+        assert [p.name for p in data.find_videos(tmp_path)] == ["a.avi"]
+    for use in (data.read_frames, VideoFolder):
+        with pytest.raises(DataError, match=r"imageio does not read .m4v files .*ffmpeg -i 'clip.m4v' 'clip.mp4'"):
+            use(tmp_path / "phone" / "clip.m4v")
