@@ -1131,7 +1131,9 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
         what = ("synthetic validation clips (data.SyntheticVideos.test_clips(split='val'), seed 0)" if val
                 else "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)")
     else:
-        what = (f"video folder {data}, test subset" + (f" of split list {split_list}" if split_list else "")
+        lone = [part for _, part in getattr(source, "test_videos", [])] == ["tail"]    # one video, split in time
+        what = (f"video {data}, its last 20% of frames" if lone else
+                f"video folder {data}, test subset" + (f" of split list {split_list}" if split_list else "")
                 + f", every {every_nth}th video" * (every_nth > 1))
     return clips, f"{what}: {len(clips)} clips of {length} frames at {clips.shape[3]}x{clips.shape[4]} (HxW)"
 

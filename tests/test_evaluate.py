@@ -431,3 +431,12 @@ def test_evaluate_and_predict_say_why_they_cannot_go_on(ckpts, odd_video, tmp_pa
     rc = fp.main(["predict", "--checkpoint", ckpts[0], "--input", odd_video, "--out", str(tmp_path / "p"),
                   "--device", "cpu", "--memory", str(need + 1)])
     assert rc == 0, capsys.readouterr().err
+
+
+def test_evaluate_describes_one_video_as_its_last_frames(tmp_path):
+    """One video file given to evaluate is scored on its last 20% of frames, and said to be."""
+    video = tmp_path / "clip.mp4"
+    write_video(video, synthetic_frames(4, 40, 32, 32))
+    clips, described = metrics.load_test_set(str(video), None, 10, 2, 6, None)
+    assert described.startswith(f"video {video}, its last 20% of frames: 1 clips of 6 frames")
+    assert "every 10th" not in described and clips.shape == (1, 6, 3, 32, 32)
