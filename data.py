@@ -24,15 +24,20 @@ MIN_MOTION = 1e-3  # default threshold on motion(): mean squared frame differenc
 MAX_TRIES = 20     # default number of draws before the motion filter gives up (keeps the last)
 
 
+def available_mib():
+    """The memory Linux reports available, in MiB; None where /proc/meminfo cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) // 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
 def default_cache_mib():
     """The decoded-frame cache's default size: half the memory Linux reports available, at least
     1024 MiB (1024 where /proc/meminfo cannot be read)."""
-    try:
-        with open("/proc/meminfo") as f:
-            available_kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        return 1024
-    return max(1024, available_kib // 2048)
+    available = available_mib()
+    return 1024 if available is None else max(1024, available // 2)
 
 
 class DataError(Exception):
@@ -679,6 +684,11 @@ class VideoFolder:
             if path not in training:
                 self._cache.pop(path, None)
         crop = crop_size(min_hw, max_side)
+        need_mib, available = len(clips) * length * 3 * crop[0] * crop[1] * 4 / 2 ** 20, available_mib()
+        if available is not None and need_mib > available:
+            raise DataError(f"{len(clips)} held-out clips of {length} frames of {crop[1]}x{crop[0]} take "
+                            f"{need_mib / 1024:.1f} GiB as float32, more than the {available / 1024:.1f} GiB "
+                            f"available: score a centre crop (metrics.py evaluate --size H W) or fewer clips (--clips)")
         clips = [center_crop(center_crop(c.transpose(0, 3, 1, 2), *min_hw), *crop) for c in clips]
         return to_unit(np.stack(clips))  # one float32 copy
 

@@ -680,3 +680,14 @@ def test_data_video_types_imageio_refuses_are_named_with_a_way_out(templates, tm
     for use in (data.read_frames, VideoFolder):
         with pytest.raises(DataError, match=r"imageio does not read .m4v files .*ffmpeg -i 'clip.m4v' 'clip.mp4'"):
             use(tmp_path / "phone" / "clip.m4v")
+
+
+def test_folder_test_clips_too_big_for_memory_ask_for_a_crop(ucf, monkeypatch):
+    """Whole held-out frames that would not fit in the memory available as float32 (32 clips of 4K
+    frames take 19 GB) stop with the way out, before the copy is made."""
+    src = VideoFolder(ucf)
+    monkeypatch.setattr(data, "available_mib", lambda: 0.01)
+    with pytest.raises(DataError, match=r"take 0.0 GiB as float32, more than .* --size H W"):
+        src.test_clips(1, 5)
+    monkeypatch.setattr(data, "available_mib", lambda: None)                # unknown: no check
+    assert src.test_clips(1, 5).shape[:2] == (1, 5)
