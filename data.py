@@ -584,7 +584,7 @@ class VideoFolder:
         else:
             T, H, W = frames.shape[:3]
             if T < min_len and entry[1] is not None:      # one part of a lone video (see __init__)
-                whole = len(self._cache[entry[0]])
+                whole = len(self._cache.get(entry[0], ())) or "?"
                 part = "first 80%" if entry[1] == "head" else "last 20%"
                 reason = (f"its {part} of frames, {T} of {whole}, is too short: {min_len} needed (a video "
                           f"given alone needs at least {5 * min_len} frames; give more videos)")
