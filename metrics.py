@@ -828,17 +828,33 @@ class EvaluationError(Exception):
     """A problem the user can fix (arguments, checkpoint, data, output folder); the message says which."""
 
 
-def _in_chunks(mask_of_pair, frame_a, frame_b, chunk=16):
-    """mask_of_pair(a, b) -> (n, 1, H, W) bool, applied to frames (N, 3, H, W) ``chunk`` at a time."""
-    out = [mask_of_pair(frame_a[s:s + chunk], frame_b[s:s + chunk]) for s in range(0, len(frame_a), chunk)]
+CHUNK_PIXELS = 1 << 22      # a chunk's frames hold about this many pixels (4 M: one 4K frame, 16 of 512x512)
+
+
+def _in_chunks(mask_of_pair, frame_a, frame_b, chunk=16, progress=None):
+    """mask_of_pair(a, b) -> (n, 1, H, W) bool, applied to frames (N, 3, H, W) ``chunk`` at a time,
+    fewer where they are large (about CHUNK_PIXELS a chunk: the flow's scratch stays bounded).
+    progress(text), if given, hears how far it got, at most every 10 s."""
+    n, (h, w) = len(frame_a), frame_a.shape[-2:]
+    chunk = max(1, min(int(chunk), CHUNK_PIXELS // max(1, h * w)))
+    out, start, told = [], time.time(), time.time()
+    for s in range(0, n, chunk):
+        out.append(mask_of_pair(frame_a[s:s + chunk], frame_b[s:s + chunk]))
+        done = min(n, s + chunk)
+        if progress is not None and done < n and time.time() - told > 10:
+            spent = time.time() - start
+            progress(f"  optical flow: {done} of {n} frame pairs, {spent:.0f} s, about {spent * (n - done) / done:.0f} s "
+                     f"left for these")
+            told = time.time()
     return np.concatenate(out) if out else np.zeros((0, 1) + tuple(frame_a.shape[-2:]), bool)
 
 
-def pair_motion_mask(frame_a, frame_b, threshold=MOTION_THRESHOLD, chunk=16):
+def pair_motion_mask(frame_a, frame_b, threshold=MOTION_THRESHOLD, chunk=16, progress=None):
     """Moving area of a pair of consecutive frames a -> b, each (N, 3, H, W) on [-1, 1]:
     (N, 1, H, W) bool, set where the optical flow magnitude exceeds ``threshold`` px on b's grid
     (motion_mask(a, b)) or on a's grid (motion_mask(b, a)). Computed ``chunk`` frames at a time."""
-    return _in_chunks(lambda a, b: motion_mask(a, b, threshold) | motion_mask(b, a, threshold), frame_a, frame_b, chunk)
+    return _in_chunks(lambda a, b: motion_mask(a, b, threshold) | motion_mask(b, a, threshold), frame_a, frame_b,
+                      chunk, progress)
 
 
 def _mask_frame_pairs(T, pair):
@@ -850,21 +866,23 @@ def _mask_frame_pairs(T, pair):
     return pairs[pair]
 
 
-def moving_masks(clips, pair="truth", threshold=MOTION_THRESHOLD):
+def moving_masks(clips, pair="truth", threshold=MOTION_THRESHOLD, progress=None):
     """The masks of the 1st and 2nd predicted frame of clips (N, T, 3, H, W), whose last two frames
     are the targets (see the section comment): [mask_1st, mask_2nd], each (N, 1, H, W) bool."""
     pairs = _mask_frame_pairs(clips.shape[1], pair)
-    masks = {p: pair_motion_mask(clips[:, p[0]], clips[:, p[1]], threshold) for p in set(pairs)}
+    masks = {p: pair_motion_mask(clips[:, p[0]], clips[:, p[1]], threshold, progress=progress)
+             for p in sorted(set(pairs))}
     return [masks[p] for p in pairs]
 
 
-def moving_masks_authors(clips, pair="truth", fraction=AUTHORS_FLOW_FRACTION, chunk=16):
+def moving_masks_authors(clips, pair="truth", fraction=AUTHORS_FLOW_FRACTION, chunk=16, progress=None):
     """moving_masks by the authors' rule: the mask of predicted frame t+k is motion_mask_authors of
     the same frame pair as moving_masks uses, on the grid of the pair's first frame (one flow
     image, as the script loads one per frame)."""
     pairs = _mask_frame_pairs(clips.shape[1], pair)
-    masks = {p: _in_chunks(lambda a, b: motion_mask_authors(a, b, fraction), clips[:, p[0]], clips[:, p[1]], chunk)
-             for p in set(pairs)}
+    masks = {p: _in_chunks(lambda a, b: motion_mask_authors(a, b, fraction), clips[:, p[0]], clips[:, p[1]], chunk,
+                           progress)
+             for p in sorted(set(pairs))}
     return [masks[p] for p in pairs]
 
 
@@ -1201,10 +1219,10 @@ def evaluate(args):
         progress(f"moving-area masks: our optical flow of {len(clips)} clips, 2 frame pairs each, at "
                  f"{clips.shape[-2]}x{clips.shape[-1]} (HxW; minutes on large frames) ...")
         if args.protocol == "authors":
-            masks = moving_masks_authors(clips, args.mask_pair)
+            masks = moving_masks_authors(clips, args.mask_pair, progress=progress)
             rule = f"flow > {AUTHORS_FLOW_FRACTION} x the frame's largest flow"
         else:
-            masks = moving_masks(clips, args.mask_pair, args.motion_threshold)
+            masks = moving_masks(clips, args.mask_pair, args.motion_threshold, progress=progress)
             rule = f"flow > {args.motion_threshold} px"
         moving = [int(np.sum(mk.reshape(len(mk), -1).any(axis=1))) for mk in masks]
         frac = [float(mk.mean()) for mk in masks]

@@ -440,3 +440,18 @@ def test_evaluate_describes_one_video_as_its_last_frames(tmp_path):
     clips, described = metrics.load_test_set(str(video), None, 10, 2, 6, None)
     assert described.startswith(f"video {video}, its last 20% of frames: 1 clips of 6 frames")
     assert "every 10th" not in described and clips.shape == (1, 6, 3, 32, 32)
+
+
+def test_evaluate_optical_flow_in_chunks_by_pixels_with_progress(monkeypatch):
+    """The moving-area masks are computed a few frames at a time (one at a time for 4K frames, whose
+    flow took minutes each): the same masks, and a line on how far it got at most every 10 s."""
+    clips = to_unit(np.stack([synthetic_frames(k, 6, 16, 16) for k in range(5)])).transpose(0, 1, 4, 2, 3)
+    whole = metrics.moving_masks(clips, "truth")
+    clock = iter(range(0, 10 ** 6, 11))                          # 11 s pass between readings of the clock
+    monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
+    monkeypatch.setattr(metrics, "CHUNK_PIXELS", 2 * 16 * 16)   # two frames a chunk
+    lines = []
+    chunked = metrics.moving_masks(clips, "truth", progress=lines.append)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    assert [ln.split(",")[0] for ln in lines] == ["  optical flow: 2 of 5 frame pairs", "  optical flow: 4 of 5 frame pairs"] * 2
