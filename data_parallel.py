@@ -241,11 +241,12 @@ class ProcessGroup:
         try:
             self.conns[rank].send(message)
         except OSError:                                 # its end of the pipe is gone: the worker with it
-            self.workers[rank].join(timeout=5)
             raise self._close_after_death(rank) from None
 
     def _close_after_death(self, rank):
-        """Close the group after worker `rank` died; -> the WorkerError that says so."""
+        """Close the group after worker `rank` died; -> the WorkerError that says so. Its pipe can
+        close before the process is reaped: waited for here, so that its exit code is known."""
+        self.workers[rank].join(timeout=5)
         code = self.workers[rank].exitcode
         self.close()
         return WorkerError(f"worker process {rank} died (exit code {code}"

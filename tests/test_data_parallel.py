@@ -129,6 +129,17 @@ def test_a_worker_killed_when_idle_is_reported():
         group.close()
 
 
+def test_a_dead_workers_exit_code_is_waited_for():
+    """Its pipe can close before the dead process is reaped (seen once in CI under load: 'exit code
+    None'): the group waits for it, so the message gives the exit code."""
+    group = dp.ProcessGroup(2, "cpu", fp.init_params(CONFIG, 0, dtype=np.float32), CONFIG)
+    try:
+        os.kill(group.workers[1].pid, signal.SIGKILL)                 # no join: reaping is the group's
+        assert "worker process 1 died (exit code -9: killed" in str(group._close_after_death(1))
+    finally:
+        group.close()
+
+
 def test_a_worker_killed_at_the_barrier_does_not_hang_the_group():
     """Worker 1 killed while it waits at the barrier for worker 0 (held back with SIGSTOP): waking
     the barrier (abort) would wait for good for the dead sleeper, and so would worker 0 on arriving,
