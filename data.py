@@ -185,6 +185,8 @@ def read_frames(path, last=None, max_bytes=None):
                 frames.append(_rgb(frame))
                 decoded += 1
     except Exception as e:  # ffmpeg's errors come as OSError, RuntimeError, IndexError...
+        if not frames and "does not contain any stream" in str(e):
+            raise DataError(f"video {p} has no video stream (a sound file?)") from e
         if not frames:
             raise DataError(f"cannot decode video {p}: {_brief(e)}") from e
         warnings.warn(f"video {p} is truncated after {decoded} frames ({_brief(e)})", DataWarning)

@@ -609,6 +609,7 @@ def test_data_read_frames_variable_frame_rate_gives_each_stored_frame_once(tmp_p
     np.testing.assert_allclose(frames[:, 8, 8].mean(axis=1), 6 * np.arange(40), atol=2)
 
 
+
 def test_data_read_frames_16_bit_png_scaled_to_8_bits(tmp_path):
     """16-bit grayscale PNGs (Pillow mode I;16 or I) become 8-bit grey, not clipped to white."""
     levels = np.array([[0, 257 * 10], [257 * 128, 65535]], np.uint16)
@@ -691,3 +692,13 @@ def test_folder_test_clips_too_big_for_memory_ask_for_a_crop(ucf, monkeypatch):
         src.test_clips(1, 5)
     monkeypatch.setattr(data, "available_mib", lambda: None)                # unknown: no check
     assert src.test_clips(1, 5).shape[:2] == (1, 5)
+
+
+def test_data_read_frames_a_sound_file_says_it_has_no_picture(tmp_path):
+    import subprocess
+    import imageio_ffmpeg
+    sound = tmp_path / "song.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(sound)], check=True)
+    with pytest.raises(DataError, match="has no video stream"):
+        data.read_frames(sound)
