@@ -609,7 +609,6 @@ def test_data_read_frames_variable_frame_rate_gives_each_stored_frame_once(tmp_p
     np.testing.assert_allclose(frames[:, 8, 8].mean(axis=1), 6 * np.arange(40), atol=2)
 
 
-
 def test_data_read_frames_16_bit_png_scaled_to_8_bits(tmp_path):
     """16-bit grayscale PNGs (Pillow mode I;16 or I) become 8-bit grey, not clipped to white."""
     levels = np.array([[0, 257 * 10], [257 * 128, 65535]], np.uint16)
