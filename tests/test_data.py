@@ -701,3 +701,16 @@ def test_data_read_frames_a_sound_file_says_it_has_no_picture(tmp_path):
                     str(sound)], check=True)
     with pytest.raises(DataError, match="has no video stream"):
         data.read_frames(sound)
+
+
+@pytest.mark.parametrize("version, options", [("4.4.2-0ubuntu0.22.04.1", ["-vsync", "0"]),
+                                              ("5.0.3", ["-vsync", "0"]),
+                                              ("5.1", ["-fps_mode", "passthrough"]),
+                                              ("n9.0.2-17-g2a571b6068-20260930", ["-fps_mode", "passthrough"]),
+                                              ("N-112233-gabcdef", ["-fps_mode", "passthrough"])])
+def test_data_frames_as_stored_names_the_option_of_the_ffmpeg_in_use(monkeypatch, version, options):
+    """`-fps_mode` came with ffmpeg 5.1 (a system ffmpeg given by IMAGEIO_FFMPEG_EXE may be older:
+    it knows only `-vsync`, which ffmpeg 9 no longer knows); a build that names no version is new."""
+    import imageio_ffmpeg
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_version", lambda: version)
+    assert data._frames_as_stored.__wrapped__() == options
