@@ -526,10 +526,15 @@ class VideoFolder:
             raise DataError(f"the {subset} subset of {root} is empty"
                             + (f" (split list {split_list})" if split_list is not None else ""))
 
+    @property
+    def split_in_time(self):
+        """Whether the source is one video split in time (its first 80% of frames train)."""
+        return len(self.train_videos) == 1 and self.train_videos[0][1] == "head"
+
     def split_summary(self):
         """One line saying which videos (or which frames of a lone video) train and which are held out."""
         train, test = self.train_videos, self.test_videos
-        if len(train) == 1 and train[0][1] == "head":
+        if self.split_in_time:
             return (f"data: one video, {train[0][0]}: split in time, its first 80% of frames for training and "
                     f"the last 20% held out for the scores (give more videos, or --split-list, to hold out "
                     f"whole videos)")

@@ -846,7 +846,7 @@ def _in_chunks(mask_of_pair, frame_a, frame_b, chunk=16, progress=None):
             progress(f"  optical flow: {done} of {n} frame pairs, {spent:.0f} s, about {spent * (n - done) / done:.0f} s "
                      f"left for these")
             told = time.time()
-    return np.concatenate(out) if out else np.zeros((0, 1) + tuple(frame_a.shape[-2:]), bool)
+    return np.concatenate(out) if out else np.zeros((0, 1, h, w), bool)
 
 
 def pair_motion_mask(frame_a, frame_b, threshold=MOTION_THRESHOLD, chunk=16, progress=None):
@@ -1149,8 +1149,7 @@ def load_test_set(data, split_list, every_nth, count, length, size, val=False):
         what = ("synthetic validation clips (data.SyntheticVideos.test_clips(split='val'), seed 0)" if val
                 else "synthetic held-out clips (data.SyntheticVideos.test_clips, seed 0)")
     else:
-        lone = [part for _, part in getattr(source, "test_videos", [])] == ["tail"]    # one video, split in time
-        what = (f"video {data}, its last 20% of frames" if lone else
+        what = (f"video {data}, its last 20% of frames" if source.split_in_time else
                 f"video folder {data}, test subset" + (f" of split list {split_list}" if split_list else "")
                 + f", every {every_nth}th video" * (every_nth > 1))
     return clips, f"{what}: {len(clips)} clips of {length} frames at {clips.shape[3]}x{clips.shape[4]} (HxW)"
