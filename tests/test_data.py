@@ -589,21 +589,24 @@ def _write(path, text):
 
 
 # ----------------------------------------------------------------------------- inputs users give (stop 26)
+def ffmpeg(*args):
+    """Run the ffmpeg that imageio uses (for inputs imageio's writer cannot make)."""
+    import subprocess
+    import imageio_ffmpeg
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", *map(str, args)], check=True)
+
+
 def test_data_read_frames_variable_frame_rate_gives_each_stored_frame_once(tmp_path):
     """A video of variable frame rate (as phones record) is read as stored: without
     data._frames_as_stored ffmpeg resamples it to a constant rate (here 65 frames: a 1 s gap
     filled with copies of frame 19)."""
-    import subprocess
-    import imageio_ffmpeg
-    exe = imageio_ffmpeg.get_ffmpeg_exe()
     if data._frames_as_stored()[0] != "-fps_mode":
         pytest.skip("ffmpeg older than 5.1 cannot write this test's video")
     for t in range(40):
         Image.fromarray(np.full((16, 16, 3), 6 * t, np.uint8)).save(tmp_path / f"{t:03d}.png")
     video = tmp_path / "gap.mkv"                    # frames 20..39 one second late
-    subprocess.run([exe, "-loglevel", "error", "-framerate", "25", "-i", str(tmp_path / "%03d.png"), "-vf",
-                    "setpts='if(gt(N,19),(N+25)/25,N/25)/TB'", "-fps_mode", "vfr", "-c:v", "ffv1", str(video)],
-                   check=True)
+    ffmpeg("-framerate", "25", "-i", tmp_path / "%03d.png", "-vf", "setpts='if(gt(N,19),(N+25)/25,N/25)/TB'",
+           "-fps_mode", "vfr", "-c:v", "ffv1", video)
     frames = data.read_frames(video)
     assert len(frames) == 40
     np.testing.assert_allclose(frames[:, 8, 8].mean(axis=1), 6 * np.arange(40), atol=2)
@@ -694,11 +697,8 @@ def test_folder_test_clips_too_big_for_memory_ask_for_a_crop(ucf, monkeypatch):
 
 
 def test_data_read_frames_a_sound_file_says_it_has_no_picture(tmp_path):
-    import subprocess
-    import imageio_ffmpeg
     sound = tmp_path / "song.mp4"
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine=duration=1",
-                    str(sound)], check=True)
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", sound)
     with pytest.raises(DataError, match="has no video stream"):
         data.read_frames(sound)
 
