@@ -201,9 +201,9 @@ class ProcessGroup:
             params[key][...] = value
         for net, state in (opt or {}).items():
             state["t"] = their_opt[net]["t"]
-            for moment in ("m", "v"):
-                for key, value in their_opt[net][moment].items():
-                    state[moment][key][...] = value
+            for name in fp.OPTIMIZER_ARRAYS:
+                for key, value in their_opt[net].get(name, {}).items():
+                    state[name][key][...] = value
 
     def _receive_all(self, ranks=None):
         """Each worker's answer, in rank order; WorkerError if one fails or dies first. A worker

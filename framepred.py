@@ -439,10 +439,14 @@ def sgd_update(params, grads, lr, ops):
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
-def adam_init(params, net):
-    """Adam's state for the parameters of net ('G' or 'D'): step count and both moments at 0."""
+def adam_init(params, net, ema=0.0):
+    """Adam's state for the parameters of net ('G' or 'D'): step count and both moments at 0.
+    ema: beta of the temporal average of the weights (below; 0: none), kept as "ema" from 0 as well."""
     keys = [key for key in params if key.startswith(net + "/")]
-    return {"t": 0, "m": {key: params[key] * 0 for key in keys}, "v": {key: params[key] * 0 for key in keys}}
+    state = {"t": 0, "m": {key: params[key] * 0 for key in keys}, "v": {key: params[key] * 0 for key in keys}}
+    if ema:
+        state.update(ema_beta=float(ema), ema={key: params[key] * 0 for key in keys})
+    return state
 
 
 def adam_update(params, grads, lr, state, ops=None):
@@ -454,6 +458,25 @@ def adam_update(params, grads, lr, state, ops=None):
     ops.adam_update_many([params[key] for key in keys], [grads[key] for key in keys],
                          [state["m"][key] for key in keys], [state["v"][key] for key in keys],
                          lr, *ADAM_BETAS, ADAM_EPS, state["t"])
+    if "ema" in state:
+        ops.ema_update_many([state["ema"][key] for key in keys], [params[key] for key in keys], state["ema_beta"])
+
+
+# Temporal averaging (Kingma & Ba 2015, section 7.2; not the paper's): the state of Adam can also keep
+# an exponential moving average of the weights, avg <- beta avg + (1 - beta) W after each step, from
+# avg = 0, read with the bias correction avg / (1 - beta^t). The last weights of a short run carry the
+# noise of its last steps (on real video the adversarial steps' especially); their average does not.
+# Training goes on from the weights; the averaged G is the one evaluated, drawn and used by predict and
+# metrics.py evaluate. README "Training in minutes" has the experiments that chose it.
+def averaged_weights(params, opt):
+    """params with each network's weights replaced by their temporal average where opt (Adam's state,
+    {net: state}, or None) keeps one and has taken a step; otherwise params itself."""
+    averaged = dict(params)
+    for state in (opt or {}).values():
+        if "ema" in state and state["t"] > 0:
+            correction = 1.0 / (1.0 - state["ema_beta"] ** state["t"])
+            averaged.update({key: avg * correction for key, avg in state["ema"].items()})
+    return averaged
 
 
 def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None,
@@ -512,7 +535,8 @@ def _update(ops, params, grads, lr, opt, net):
 def save_checkpoint(path, params, config, state=None, optimizer=None):
     """One .npz: every parameter as float32 under its key, "config" as JSON text, the training
     state for resuming under "state" (JSON text) and, for Adam, its moments under
-    "optimizer/{G,D}/{m,v}/<parameter key>" with the step count "optimizer/{G,D}/t". Written to a
+    "optimizer/{G,D}/{m,v}/<parameter key>" with the step count "optimizer/{G,D}/t" (and a temporal
+    average of the weights under "optimizer/G/ema/<parameter key>", its beta "optimizer/G/ema_beta"). Written to a
     temporary file in the same folder, then renamed over `path`: a crash never leaves a
     half-written checkpoint."""
     arrays = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
@@ -521,8 +545,10 @@ def save_checkpoint(path, params, config, state=None, optimizer=None):
         arrays["state"] = np.array(json.dumps(state, sort_keys=True))
     for net, st in (optimizer or {}).items():
         arrays[f"optimizer/{net}/t"] = np.array(st["t"], dtype=np.int64)
-        for moment in ("m", "v"):
-            for key, value in st[moment].items():
+        if "ema" in st:
+            arrays[f"optimizer/{net}/ema_beta"] = np.array(st["ema_beta"], dtype=np.float64)
+        for moment in OPTIMIZER_ARRAYS:
+            for key, value in st.get(moment, {}).items():
                 arrays[f"optimizer/{net}/{moment}/{key}"] = np.asarray(value, dtype=np.float32)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -534,8 +560,20 @@ def save_checkpoint(path, params, config, state=None, optimizer=None):
     os.replace(tmp, path)
 
 
+OPTIMIZER_ARRAYS = ("m", "v", "ema")   # Adam's moments and, when kept, the temporal average of the weights
+
+
+def optimizer_arrays(opt, convert):
+    """Adam's state {net: {"t", "m", "v"[, "ema_beta", "ema"]}} with every array passed through convert
+    (ops.to_host, ops.asarray, np.copy); None stays None."""
+    if opt is None:
+        return None
+    return {net: {name: ({key: convert(a) for key, a in value.items()} if name in OPTIMIZER_ARRAYS else value)
+                  for name, value in st.items()} for net, st in opt.items()}
+
+
 def _optimizer_from_arrays(arrays):
-    """Pop the "optimizer/..." arrays of save_checkpoint -> {net: {"t", "m", "v"}} (or None)."""
+    """Pop the "optimizer/..." arrays of save_checkpoint -> {net: {"t", "m", "v"[, "ema_beta", "ema"]}} (or None)."""
     optimizer = {}
     for name in [key for key in arrays if key.startswith("optimizer/")]:
         _, net, rest = name.split("/", 2)
@@ -543,9 +581,11 @@ def _optimizer_from_arrays(arrays):
         value = arrays.pop(name)
         if rest == "t":
             st["t"] = int(value)
+        elif rest == "ema_beta":
+            st["ema_beta"] = float(value)
         else:
             moment, key = rest.split("/", 1)
-            st[moment][key] = value.astype(np.float32)
+            st.setdefault(moment, {})[key] = value.astype(np.float32)
     return optimizer or None
 
 
@@ -602,13 +642,16 @@ def describe_checkpoint(config, state):
     if state:
         step = f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")
     data = f", trained on {args.get('data') or 'the synthetic videos'}" if state else ""
+    ema = (state or {}).get("optimizer", {}).get("G", {}).get("ema_beta")
     return (f"{step}, loss {config.get('loss', '?')}{data}, patches of {config.get('patch')}x{config.get('patch')}, "
-            f"m {config.get('m')} -> n {config.get('n')}" + (", G predicts the change" if predicts_change(config) else ""))
+            f"m {config.get('m')} -> n {config.get('n')}" + (", G predicts the change" if predicts_change(config) else "")
+            + (f", G's weights averaged (ema {ema:g})" if ema else ""))
 
 
 def load_checkpoint(path, expect_config=None):
     """-> (params as float32 NumPy arrays, config, state or None). When the checkpoint holds
-    Adam's moments, state["optimizer"] is {net: {"t", "m", "v"}} (see save_checkpoint).
+    Adam's moments, state["optimizer"] is {net: {"t", "m", "v"}} (see save_checkpoint), with G's
+    temporal average when the run kept one: averaged_weights(params, state["optimizer"]) is its model.
 
     path: a checkpoint file or a run folder (its checkpoint.npz, see resolve_checkpoint).
     Refuses, with a CheckpointError saying what differs, a file that is missing or unreadable,
@@ -873,6 +916,7 @@ def predict(args):
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
         params, config, state = load_checkpoint(ckpt)
+        params = averaged_weights(params, (state or {}).get("optimizer"))     # the G the run evaluated
         print(f"checkpoint {ckpt}: {describe_checkpoint(config, state)}")
         m = config["m"]
         with warnings.catch_warnings(record=True) as caught:

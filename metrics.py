@@ -937,7 +937,8 @@ def load_models(paths):
     models = []
     for path in paths:
         path = framepred.resolve_checkpoint(path)     # a run folder stands for its checkpoint.npz
-        params, config, _ = framepred.load_checkpoint(path)
+        params, config, state = framepred.load_checkpoint(path)
+        params = framepred.averaged_weights(params, (state or {}).get("optimizer"))   # the G its run evaluated
         models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config))
     names = [md["name"] for md in models]
     for md in models:

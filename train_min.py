@@ -57,9 +57,9 @@ PRESETS = {
     # sharper than copying the last input, where SGD was 1.55 dB less sharp than it. On real video it
     # takes the small preset's two changes (below), chosen at 1/8 of the widths: not measured at these.
     "paper_adam": dict(width=1.0, steps=50000, optimizer="adam", init_last="torch", warmup=0.0, target="frame",
-                       min_motion=data.MIN_MOTION, pans=0.0, on_video=dict(target="change", pans=0.5)),
+                       min_motion=data.MIN_MOTION, pans=0.0, ema=0.998, on_video=dict(target="change", pans=0.5)),
     "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
-                  d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION, pans=0.0,
+                  d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION, pans=0.0, ema=0.998,
                   # on real video (--data): G predicts the change from the last input frame. Chosen on
                   # held-out real videos (README "Real video"): in 10 minutes G cannot redraw a natural
                   # frame's still detail, which copying gets right. With only that, G settles on copying
@@ -149,6 +149,11 @@ def build_parser():
                    help="rho_G, lowered geometrically from START to END over the run "
                         "(default: sgd 0.04 0.005 as in the paper, adam 5e-4 5e-5)")
     p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
+    p.add_argument("--ema", type=float, default=None, metavar="BETA",
+                   help="with Adam, also keep G's weights averaged over its steps, avg <- BETA avg + (1 - BETA) W "
+                        "(Adam's temporal averaging, Kingma & Ba section 7.2; not the paper's), and evaluate, draw "
+                        "and save for predict that average; 0: the last weights (default: by preset: small and "
+                        "paper_adam 0.998, paper 0)")
     p.add_argument("--target", choices=fp.TARGETS, default=None,
                    help="what G's output is: frame, the predicted frame (the paper's), or change, the change "
                         "from the last input frame, added to it (G starts from copying that frame; "
@@ -253,6 +258,12 @@ def resolve_training_flags(args, preset):
     args.lr_g = list(args.lr_g) if args.lr_g is not None else list(rates["lr_g"])
     args.lr_d = args.lr_d if args.lr_d is not None else rates["lr_d"]
     args.init_last = args.init_last or spec["init_last"]
+    if args.ema is None:
+        args.ema = spec.get("ema", 0.0) if args.optimizer == "adam" else 0.0
+    if args.ema and args.optimizer != "adam":
+        raise RunError("--ema averages G's weights in Adam's state (Kingma & Ba section 7.2): it needs --optimizer adam")
+    if not 0 <= args.ema < 1:
+        raise RunError(f"--ema {args.ema:g}: BETA must be in [0, 1) (0.998 averages about the last 500 steps)")
     if args.d_in_warmup is None:
         args.d_in_warmup = spec.get("d_in_warmup", False)
 
@@ -282,9 +293,10 @@ def default_steps(preset, config):
 def init_from_checkpoint(path, config, seed):
     """G from the checkpoint (its architecture must match); D too when the patch size matches."""
     try:
-        loaded, old, _ = fp.load_checkpoint(path)
+        loaded, old, state = fp.load_checkpoint(path)
     except fp.CheckpointError as e:
         raise RunError(str(e)) from e
+    loaded = fp.averaged_weights(loaded, (state or {}).get("optimizer"))      # the run's averaged G, if it kept one
     g_keys = ["m", "n", "scales", "target", "g_maps", "g_kernels"]
     diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {config[k]!r}" for k in g_keys if old.get(k) != config[k]]
     if diffs:
@@ -357,21 +369,18 @@ def draw_curves(out, config):
 # ----------------------------------------------------------------------------- checkpoints of the run
 def save_run(out, ops, params, config, step, rng, args, opt=None):
     state = {"step": step, "rng": rng.bit_generator.state, "args": vars(args)}
-    optimizer = None if opt is None else {
-        net: {"t": st["t"], "m": {k: ops.to_host(v) for k, v in st["m"].items()},
-              "v": {k: ops.to_host(v) for k, v in st["v"].items()}} for net, st in opt.items()}
     fp.save_checkpoint(os.path.join(out, "checkpoint.npz"), {k: ops.to_host(v) for k, v in params.items()},
-                       config, state, optimizer)
+                       config, state, fp.optimizer_arrays(opt, ops.to_host))
 
 
 def make_optimizer(ops, params, args, saved=None):
-    """None for SGD; Adam's state per network, new or from a checkpoint's saved moments."""
+    """None for SGD; Adam's state per network (with G's temporal average when --ema), new or from a
+    checkpoint's saved state."""
     if args.optimizer != "adam":
         return None
     if saved is None:
-        return {net: fp.adam_init(params, net) for net in ("G", "D")}
-    return {net: {"t": st["t"], "m": {k: ops.asarray(v) for k, v in st["m"].items()},
-                  "v": {k: ops.asarray(v) for k, v in st["v"].items()}} for net, st in saved.items()}
+        return {net: fp.adam_init(params, net, ema=args.ema if net == "G" else 0.0) for net in ("G", "D")}
+    return fp.optimizer_arrays(saved, ops.asarray)
 
 
 # Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
@@ -429,7 +438,7 @@ def resume_run(args, given=frozenset()):
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
                               ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0),
-                              ("min_motion", data.MIN_MOTION), ("pans", 0.0), ("ckpt_minutes", 1.0)):
+                              ("min_motion", data.MIN_MOTION), ("pans", 0.0), ("ckpt_minutes", 1.0), ("ema", 0.0)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -689,7 +698,8 @@ def run(args, given=frozenset()):
             + (" (D already training)" if args.d_in_warmup else f" at batch {args.warmup_batch}")
             if config["lam_adv"] and args.warmup else "")
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
-          + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}")
+          + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}"
+          + (f"; G evaluated and saved as its weights' moving average (--ema {args.ema:g})" if args.ema else ""))
 
     def next_batch():              # --bench's minibatches (training draws them through BatchPrefetcher)
         X, Y = source.sample(batch, m, n, config["patch"], rng)
@@ -725,12 +735,12 @@ def run(args, given=frozenset()):
 
     def grid(step, X, Y):
         path = os.path.join(args.out, "samples", f"step_{step:06d}.png")
-        save_sample_grid(path, ops, params, config, X, Y, title=f"{args.out}, step {step} of {total}")
+        save_sample_grid(path, ops, fp.averaged_weights(params, opt), config, X, Y, title=f"{args.out}, step {step} of {total}")
         return path
 
     def evaluation(step):
         nonlocal sums, count
-        scores = dict(evaluate(ops, params, config, clips), step=step)
+        scores = dict(evaluate(ops, fp.averaged_weights(params, opt), config, clips), step=step)
         means = {key: value / count for key, value in sums.items()}
         sums, count = {}, 0
         with open(os.path.join(args.out, "eval.jsonl"), "a") as f:

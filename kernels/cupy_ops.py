@@ -12,7 +12,7 @@ its output instead of a mask, as do conv2d and fc with relu=True; maxpool2 an in
 - Few launches per training iteration (issue 12; `python tests/test_gpu_path.py` counts them):
   a layer's bias and ReLU (relu=True) go into the launch that puts the GEMM's rows in NCHW, the
   ReLU's gradient and the bias gradient into the launch that puts dout in the GEMM layout, and
-  sgd_update_many / adam_update_many update all of a network's tensors in one launch.
+  sgd_update_many / adam_update_many / ema_update_many update all of a network's tensors in one launch.
 - The GEMM layout is channel-major, as the fast CPU backend's (issue 12): im2col's columns are
   (C*k*k, N*Ho*Wo), numpy_ops.im2col(...).T, and a layer's GEMM output is (C_out, N*Ho*Wo) (an fc
   layer's (D_out, N)). Every layout kernel then runs with the pixel index fastest on both of its
@@ -561,7 +561,7 @@ class CudaOps:
         return a.data.ptr if hasattr(a.data, "ptr") else a.ctypes.data
 
     def _tensor_table(self, what, columns):
-        """The table of sgd_update_many / adam_update_many (kernels/elementwise.cu): the element
+        """The table of sgd_update_many / adam_update_many / ema_update_many (kernels/elementwise.cu): the element
         offsets of the tensors of columns[0] laid end to end, then each column's device addresses,
         as one int64 device array (one host-to-device copy). -> (table, tensors, elements)."""
         for a, i in ((a, i) for column in columns for i, a in enumerate(column)):
@@ -606,6 +606,17 @@ class CudaOps:
         table, count, total = self._tensor_table("adam_update_many", [ws, gs, ms, vs])
         self._run("adam_update_many", total, table, count, float(lr), float(beta1), float(beta2), float(eps),
                   1.0 / (1.0 - beta1 ** t), 1.0 / (1.0 - beta2 ** t))
+
+    def ema_update_many(self, avgs, ws, beta):
+        """numpy_ops.ema_update_many (avg <- beta avg + (1 - beta) w on each pair), all in one launch."""
+        avgs = self._in_place(avgs, "ema_update_many average")
+        ws = [self._f32(w, f"ema_update_many w {i}") for i, w in enumerate(ws)]
+        if len(avgs) != len(ws):
+            raise ValueError(f"ema_update_many: {len(avgs)} averages but {len(ws)} tensors")
+        if not avgs:
+            return
+        table, count, total = self._tensor_table("ema_update_many", [avgs, ws])
+        self._run("ema_update_many", total, table, count, float(beta))
 
     # ------------------------------------------------------------------ backend plumbing
     def asarray(self, a, dtype=None):

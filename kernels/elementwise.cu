@@ -148,3 +148,20 @@ extern "C" __global__ void adam_update_many(const long long* __restrict__ table,
                      lr, beta1, beta2, eps, c1, c2);
     }
 }
+
+// Temporal averaging of a network's weights (numpy_ops.ema_update_many): avg <- beta avg + (1 - beta) w
+// on every element of the `count` tensors of `table` (columns: avg, w), one launch for them all.
+extern "C" __global__ void ema_update_many(const long long* __restrict__ table, long long count, double beta)
+{
+    const long long* offsets = table;
+    const long long* avg_at = table + count + 1;
+    const long long* w_at = avg_at + count;
+    const float keep = (float)beta, take = (float)(1.0 - beta);
+    const long long total = offsets[count];
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (long long)blockDim.x * gridDim.x) {
+        const long long i = tensor_of(offsets, count, e), j = e - offsets[i];
+        float* avg = (float*)avg_at[i];
+        avg[j] = keep * avg[j] + take * ((const float*)w_at[i])[j];
+    }
+}

@@ -33,8 +33,8 @@ import numpy as np
 from kernels import numpy_ops
 from kernels.numpy_ops import (  # noqa: F401  (the ops this backend takes as they are)
     _check_pair, _check_rank, adam_update, adam_update_many, asarray, avgpool_backward, bce_logits_loss,
-    check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, flatten_backward,
-    flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
+    check_dx_from, col2im, concat_backward, concat_forward, conv_check, conv_output_size, ema_update_many,
+    flatten_backward, flatten_forward, gdl_loss, im2col, lp_loss, maxpool2_backward, maxpool2_forward, relu_backward,
     relu_forward, sgd_update, sgd_update_many, sigmoid_backward, sigmoid_forward, tanh_backward, tanh_forward, to_host,
     upsample_backward, upsample_forward)
 

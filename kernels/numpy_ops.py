@@ -393,6 +393,18 @@ def adam_update_many(ws, gs, ms, vs, lr, beta1, beta2, eps, t):
         adam_update(w, g, m, v, lr, beta1, beta2, eps, t)
 
 
+def ema_update_many(avgs, ws, beta):
+    """Temporal averaging of the weights (Kingma & Ba 2015, section 7.2), in place on every avg of
+    the list avgs: avg <- beta avg + (1 - beta) w, for the pairs of avgs and ws (arrays of one shape)."""
+    if len(avgs) != len(ws):
+        raise ValueError(f"ema_update_many: {len(avgs)} averages but {len(ws)} tensors")
+    for avg, w in zip(avgs, ws):
+        if avg.shape != w.shape:
+            raise ValueError(f"ema_update_many: shapes differ: average {avg.shape}, w {w.shape}")
+        avg *= beta
+        avg += (1 - beta) * w
+
+
 # --------------------------------------------------------------------------- backend plumbing
 def asarray(a, dtype=None):
     """Host array -> this backend's array."""

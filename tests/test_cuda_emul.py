@@ -443,12 +443,33 @@ def test_cuda_adam_update_many(make_ops, data, shapes, steps):
     assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
 
 
+@given(data=st.data(), shapes=st.lists(st.tuples(channels, side, side), min_size=1, max_size=5),
+       beta=st.sampled_from([0.9, 0.998]))
+def test_cuda_ema_update_many(make_ops, data, shapes, beta):
+    """ema_update_many against numpy_ops' loop (avg <- beta avg + (1 - beta) w), two steps; the
+    averages are views into one buffer with sentinels, so a write outside them shows."""
+    c = Case(make_ops, data)
+    avgs = [c.values(s) for s in shapes]
+    views, buf, sentinel = tensors_in_one_buffer(c, shapes, 1234.5)
+    for view, a in zip(views, avgs):
+        view[...] = c.dev(a)
+    for _ in range(2):
+        ws = [c.values(s) for s in shapes]
+        ref.ema_update_many(avgs, ws, beta)
+        c.ops.ema_update_many(views, [c.dev(w) for w in ws], beta)
+    for i, (view, avg) in enumerate(zip(views, avgs)):
+        c.check(view, avg, f"ema_update_many avg{i}", **ELEMENTWISE)
+    assert (c.ops.to_host(buf)[sentinel] == np.float32(1234.5)).all(), "a write outside the tensors"
+
+
 @pytest.mark.parametrize("call, error, message", [
     (lambda ops, a: ops.sgd_update_many([a(3)], [a(3), a(3)], 0.1), ValueError, "1 tensors but 2 gradients"),
     (lambda ops, a: ops.sgd_update_many([a(3), a(2)], [a(3), a(3)], 0.1), ValueError, "shapes differ in tensor 1"),
     (lambda ops, a: ops.sgd_update_many([a(6)[::2]], [a(3)], 0.1), TypeError, "C-contiguous float32"),
     (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [a(3)], 1e-3, 0.9, 0.999, 1e-8, 0),
      ValueError, "counts from 1"),
+    (lambda ops, a: ops.ema_update_many([a(3)], [a(3), a(3)], 0.9), ValueError, "1 averages but 2 tensors"),
+    (lambda ops, a: ops.ema_update_many([a(6)[::2]], [a(3)], 0.9), TypeError, "C-contiguous float32"),
     (lambda ops, a: ops.adam_update_many([a(3)], [a(3)], [a(3)], [], 1e-3, 0.9, 0.999, 1e-8, 1),
      ValueError, "1 tensors, 1 gradients, 1 and 0 moments"),
 ])
@@ -545,6 +566,7 @@ def every_op_once(ops, rng):
     ops.sgd_update(a(2, 3, 6, 6), a(2, 3, 6, 6), 0.04)
     ops.sgd_update_many([a(2, 3), a(4)], [a(2, 3), a(4)], 0.04)
     ops.adam_update_many([a(5)], [a(5)], [a(5)], [ops.xp.abs(a(5))], 1e-3, 0.9, 0.999, 1e-8, 1)
+    ops.ema_update_many([a(2, 3), a(4)], [a(2, 3), a(4)], 0.998)
 
 
 def all_kernel_names():

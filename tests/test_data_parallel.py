@@ -88,15 +88,24 @@ def test_group_step_equals_one_process_on_the_whole_minibatch(adversarial):
 
 
 def test_group_keeps_adam_state_and_pull_returns_it():
+    """The workers keep Adam's state, G's temporal average included; pull copies it. After one step
+    the bias-corrected average is that step's weights (avg = (1 - beta) W_1); after more it is not."""
     rng = np.random.default_rng(2)
     params = fp.init_params(CONFIG, 0, dtype=np.float32)
-    opt = {net: fp.adam_init(params, net) for net in ("G", "D")}
+    opt = {"G": fp.adam_init(params, "G", ema=0.9), "D": fp.adam_init(params, "D")}
     with dp.ProcessGroup(2, "cpu", params, CONFIG, opt) as group:
-        for _ in range(3):
+        group.train_step(minibatch(rng, 2, np.float32), minibatch(rng, 2, np.float32), lr_g=1e-3)
+        group.pull(params, opt)
+        averaged = fp.averaged_weights(params, opt)
+        for key in opt["G"]["ema"]:
+            np.testing.assert_allclose(averaged[key], params[key], rtol=1e-5, atol=1e-7, err_msg=key)
+        for _ in range(2):
             group.train_step(minibatch(rng, 2, np.float32), minibatch(rng, 2, np.float32), lr_g=1e-3)
         group.pull(params, opt)
     assert opt["G"]["t"] == opt["D"]["t"] == 3
     assert all(np.abs(v).max() > 0 for v in opt["G"]["v"].values())
+    averaged = fp.averaged_weights(params, opt)
+    assert any(not np.allclose(averaged[key], params[key], rtol=1e-5, atol=1e-7) for key in opt["G"]["ema"])
 
 
 @pytest.mark.parametrize("attempt", range(3))
@@ -223,5 +232,7 @@ def test_train_min_ctrl_c_with_workers_then_resume_equals_straight(tmp_path, cap
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     for net in ("G", "D"):
-        for key, value in state_a["optimizer"][net]["v"].items():
-            np.testing.assert_array_equal(value, state_b["optimizer"][net]["v"][key], err_msg=f"{net} {key}")
+        for name in ("v", "ema"):
+            for key, value in state_a["optimizer"][net].get(name, {}).items():
+                np.testing.assert_array_equal(value, state_b["optimizer"][net][name][key], err_msg=f"{net} {name} {key}")
+    assert state_b["optimizer"]["G"]["ema"]            # the preset keeps G's average

@@ -1,6 +1,6 @@
 """The training changes that make short runs learn: Adam (against a slow per-element loop),
 the zero-started last layers (each scale starts as eq. 1's identity on the coarse guess), G's
-warm-up before D joins, Adam's state in checkpoints, and the validation draw of the synthetic
+warm-up before D joins, the temporal average of G's weights, Adam's state in checkpoints, and the validation draw of the synthetic
 videos."""
 import math
 
@@ -83,6 +83,40 @@ def test_model_adam_steps_each_network_separately():
         assert moved == key.startswith("G/"), key
         if moved:   # first Adam step: m_hat / sqrt(v_hat) = sign(g), so W moves by lr (eps aside)
             np.testing.assert_allclose(before[key] - params[key], 1e-3, rtol=1e-4)
+
+
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 5), beta=st.sampled_from([0.5, 0.9, 0.998]))
+def test_averaged_weights_are_the_bias_corrected_mean_of_the_steps(seed, steps, beta):
+    """Adam's temporal averaging (Kingma & Ba section 7.2), kept in G's state by fp.adam_update:
+    averaged_weights gives sum_i (1 - beta) beta^(t - i) W_i / (1 - beta^t) over the weights W_i after
+    each of the t steps, written out here from the iterates; D, which keeps no average, is its own."""
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
+    params = fp.init_params(config, seed=0, dtype=np.float64)
+    opt = {"G": fp.adam_init(params, "G", ema=beta), "D": fp.adam_init(params, "D")}
+    assert "ema" not in opt["D"]
+    assert fp.averaged_weights(params, opt) == params          # no step yet: the weights themselves
+    rng = np.random.default_rng(seed)
+    iterates = []
+    for _ in range(steps):
+        grads = {k: rng.standard_normal(v.shape) for k, v in params.items() if k.startswith("G/")}
+        fp.adam_update(params, grads, 1e-2, opt["G"], ops)
+        iterates.append({k: params[k].copy() for k in grads})
+    averaged = fp.averaged_weights(params, opt)
+    for key in params:
+        if key.startswith("G/"):
+            want = sum((1 - beta) * beta ** (steps - i) * w[key] for i, w in enumerate(iterates, 1)) / (1 - beta ** steps)
+            np.testing.assert_allclose(averaged[key], want, rtol=1e-12, atol=1e-15, err_msg=key)
+            assert averaged[key] is not params[key]
+        else:
+            assert averaged[key] is params[key]
+    assert fp.averaged_weights(params, None) == params          # SGD: no state
+
+
+def test_ema_update_many_refuses_bad_input():
+    with pytest.raises(ValueError, match="1 averages but 2 tensors"):
+        ops.ema_update_many([np.zeros(3)], [np.zeros(3), np.zeros(3)], 0.9)
+    with pytest.raises(ValueError, match="shapes differ"):
+        ops.ema_update_many([np.zeros(3)], [np.zeros(4)], 0.9)
 
 
 def test_zero_last_init_starts_each_scale_as_the_coarse_guess():
@@ -168,10 +202,10 @@ def test_checkpoint_keeps_adam_state_exactly(tmp_path):
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
     params = fp.init_params(config, seed=0)
     rng = np.random.default_rng(0)
-    opt = {net: fp.adam_init(params, net) for net in ("G", "D")}
+    opt = {"G": fp.adam_init(params, "G", ema=0.998), "D": fp.adam_init(params, "D")}
     for net, t in (("G", 7), ("D", 3)):
         opt[net]["t"] = t
-        for moment in ("m", "v"):
+        for moment in fp.OPTIMIZER_ARRAYS[:2 + (net == "G")]:
             for key in opt[net][moment]:
                 opt[net][moment][key] = rng.standard_normal(params[key].shape).astype(np.float32) ** 2
     path = str(tmp_path / "c.npz")
@@ -180,8 +214,9 @@ def test_checkpoint_keeps_adam_state_exactly(tmp_path):
     assert set(loaded) == set(params)
     saved = state["optimizer"]
     assert saved["G"]["t"] == 7 and saved["D"]["t"] == 3
+    assert saved["G"]["ema_beta"] == 0.998 and "ema" not in saved["D"] and "ema_beta" not in saved["D"]
     for net in ("G", "D"):
-        for moment in ("m", "v"):
+        for moment in fp.OPTIMIZER_ARRAYS[:2 + (net == "G")]:
             assert set(saved[net][moment]) == set(opt[net][moment])
             for key, value in opt[net][moment].items():
                 np.testing.assert_array_equal(saved[net][moment][key], value)

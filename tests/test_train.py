@@ -155,9 +155,10 @@ def test_train_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, optimi
     if optimizer == "adam":
         opt_a, opt_b = state_a["optimizer"], state_b["optimizer"]
         assert opt_a["G"]["t"] == opt_b["G"]["t"] == 6 and opt_a["D"]["t"] == opt_b["D"]["t"] == 4
+        assert opt_b["G"]["ema_beta"] == 0.998 and opt_b["G"]["ema"]       # the preset's average of G
         for net in ("G", "D"):
-            for moment in ("m", "v"):
-                for key, value in opt_a[net][moment].items():
+            for moment in fp.OPTIMIZER_ARRAYS:
+                for key, value in opt_a[net].get(moment, {}).items():
                     np.testing.assert_array_equal(value, opt_b[net][moment][key], err_msg=f"{net} {moment} {key}")
 
 
@@ -441,3 +442,42 @@ def test_batch_prefetcher_draws_what_the_loop_would():
     np.testing.assert_array_equal(source.sample(2, 2, 1, 16, replay)[0], X)
     np.testing.assert_array_equal(source.sample(2, 2, 1, 16, plain)[1], Y)
     draws.close()
+
+
+def test_the_run_evaluates_saves_and_predicts_with_gs_averaged_weights(tmp_path, capsys):
+    """--ema (the presets with Adam): the evaluation during training scores G's temporal average, not
+    its last weights, and metrics.load_models and `framepred.py predict` take that average too."""
+    from PIL import Image
+    code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--steps", "3", "--eval-every", "3", "--lr-g", "1e-2", "1e-2",
+                        "--ema", "0.5")
+    assert code == 0
+    assert "G evaluated and saved as its weights' moving average (--ema 0.5)" in capsys.readouterr().out
+    params, config, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    averaged = fp.averaged_weights(params, state["optimizer"])
+    assert state["optimizer"]["G"]["t"] == 3
+    clips = data.open_source(None, seed=0).test_clips(2, config["m"] + 1)
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        logged = [json.loads(line) for line in f][-1]
+    assert logged["step"] == 3
+    assert logged["psnr"] == pytest.approx(train_min.evaluate(ops_cpu(), averaged, config, clips)["psnr"], rel=1e-6)
+    assert logged["psnr"] != pytest.approx(train_min.evaluate(ops_cpu(), params, config, clips)["psnr"], rel=1e-4)
+    model, = metrics.load_models([out])
+    for key in model["params"]:
+        np.testing.assert_array_equal(model["params"][key], averaged[key], err_msg=key)
+    frames = data.to_uint8(clips[0, :config["m"]]).transpose(0, 2, 3, 1)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"f{i}.png")
+    assert fp.main(["predict", "--checkpoint", out, "--input", str(folder), "--frames", "1",
+                    "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    assert "G's weights averaged (ema 0.5)" in capsys.readouterr().out
+    want = fp.generator_forward(ops_cpu(), averaged, config, data.stack_frames(data.to_unit(frames).transpose(0, 3, 1, 2))[None])[0][4][0]
+    with Image.open(tmp_path / "pred" / "pred_1.png") as im:
+        got = np.asarray(im.convert("RGB")).astype(int)
+    assert np.abs(got - data.to_uint8(want).transpose(1, 2, 0).astype(int)).max() <= 1
+
+
+def ops_cpu():
+    from kernels import load_backend
+    return load_backend("cpu", verbose=False)
