@@ -216,6 +216,9 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
     (["--min-motion", "nan"], "motion threshold must be a number >= 0"),
     (["--pans", "1.5", "--data", "."], "fraction of camera pans must be a number in [0, 1]"),
     (["--pans", "nan"], "fraction of camera pans must be a number in [0, 1]"),
+    (["--ema", "0.5", "--optimizer", "sgd"], "it needs --optimizer adam"),
+    (["--ema", "1"], "BETA must be in [0, 1)"),
+    (["--ema", "nan"], "BETA must be in [0, 1)"),
 ])
 def test_train_bad_input_message(tmp_path, capsys, extra, message):
     if extra == ["--device", "gpu"] and usable_gpu():
@@ -368,12 +371,12 @@ def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g
     assert args.preset == preset and f"preset {preset}: " in capsys.readouterr().out
     train_min.resolve_training_flags(args, args.preset)
     config = train_min.build_config(args, args.preset)
-    assert (args.optimizer, args.lr_g, args.init_last) == (optimizer, lr_g, "torch")
+    assert (args.optimizer, args.lr_g, args.init_last, args.ema) == (optimizer, lr_g, "torch", 0.998)
     assert config["g_maps"] == fp.make_config(width=width)["g_maps"]
     assert train_min.default_steps(args.preset, config) == steps
     paper = train_min.parse_args(["--loss", "adv_gdl", "--preset", "paper"])
     train_min.resolve_training_flags(paper, train_min.choose_preset(paper, type("Ops", (), {"name": device})))
-    assert (paper.optimizer, paper.lr_g, paper.lr_d) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D)
+    assert (paper.optimizer, paper.lr_g, paper.lr_d, paper.ema) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D, 0.0)
 
 
 def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, capsys):
