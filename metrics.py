@@ -939,7 +939,8 @@ def load_models(paths):
         path = framepred.resolve_checkpoint(path)     # a run folder stands for its checkpoint.npz
         params, config, state = framepred.load_checkpoint(path)
         params = framepred.averaged_weights(params, (state or {}).get("optimizer"))   # the G its run evaluated
-        models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config))
+        ema = ((state or {}).get("optimizer") or {}).get("G", {}).get("ema_beta")
+        models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config, ema=ema))
     names = [md["name"] for md in models]
     for md in models:
         if names.count(md["name"]) > 1:
@@ -1196,7 +1197,8 @@ def evaluate(args):
                                   f"(the generator's four scales) and at least 16 (SSIM's 11x11 window)")
         models = load_models(args.checkpoint)
         for md in models:
-            progress(f"model {md['name']}: {md['path']} (m={md['config']['m']}, n={md['config']['n']})")
+            progress(f"model {md['name']}: {md['path']} (m={md['config']['m']}, n={md['config']['n']}"
+                     + (f"; G's weights averaged, ema {md['ema']:g})" if md.get("ema") else ")"))
         length = max([md["config"]["m"] for md in models] + [2]) + 2
         clips, described = load_test_set(args.data, args.split_list, args.every_nth, args.clips, length,
                                          args.size, val=args.val)

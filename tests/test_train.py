@@ -465,6 +465,7 @@ def test_the_run_evaluates_saves_and_predicts_with_gs_averaged_weights(tmp_path,
     assert logged["psnr"] == pytest.approx(train_min.evaluate(ops_cpu(), averaged, config, clips)["psnr"], rel=1e-6)
     assert logged["psnr"] != pytest.approx(train_min.evaluate(ops_cpu(), params, config, clips)["psnr"], rel=1e-4)
     model, = metrics.load_models([out])
+    assert model["ema"] == 0.5
     for key in model["params"]:
         np.testing.assert_array_equal(model["params"][key], averaged[key], err_msg=key)
     frames = data.to_uint8(clips[0, :config["m"]]).transpose(0, 2, 3, 1)
