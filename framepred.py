@@ -479,6 +479,17 @@ def averaged_weights(params, opt):
     return averaged
 
 
+def checkpoint_weights(params, state):
+    """The model a checkpoint holds (params and state of load_checkpoint): its weights, with G's
+    average in place of G's last weights when its run kept one (what the run evaluated)."""
+    return averaged_weights(params, (state or {}).get("optimizer"))
+
+
+def saved_ema_beta(state):
+    """The beta of G's average in a checkpoint's state (load_checkpoint), or None when its run kept none."""
+    return ((state or {}).get("optimizer") or {}).get("G", {}).get("ema_beta")
+
+
 def train_step(ops, params, config, d_batch, g_batch, lr_g, lr_d=LR_D, opt=None, adversarial=True, train_d=None,
                average=None):
     """One iteration of Algorithm 1. d_batch, g_batch: (X, Y), two different minibatches (d_batch
@@ -642,7 +653,7 @@ def describe_checkpoint(config, state):
     if state:
         step = f"step {state['step']}" + (f" of {args['steps']}" if args.get("steps") else "")
     data = f", trained on {args.get('data') or 'the synthetic videos'}" if state else ""
-    ema = (state or {}).get("optimizer", {}).get("G", {}).get("ema_beta")
+    ema = saved_ema_beta(state)
     return (f"{step}, loss {config.get('loss', '?')}{data}, patches of {config.get('patch')}x{config.get('patch')}, "
             f"m {config.get('m')} -> n {config.get('n')}" + (", G predicts the change" if predicts_change(config) else "")
             + (f", G's weights averaged (ema {ema:g})" if ema else ""))
@@ -916,7 +927,7 @@ def predict(args):
     try:
         ckpt = resolve_checkpoint(args.checkpoint)
         params, config, state = load_checkpoint(ckpt)
-        params = averaged_weights(params, (state or {}).get("optimizer"))     # the G the run evaluated
+        params = checkpoint_weights(params, state)
         print(f"checkpoint {ckpt}: {describe_checkpoint(config, state)}")
         m = config["m"]
         with warnings.catch_warnings(record=True) as caught:

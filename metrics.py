@@ -938,9 +938,8 @@ def load_models(paths):
     for path in paths:
         path = framepred.resolve_checkpoint(path)     # a run folder stands for its checkpoint.npz
         params, config, state = framepred.load_checkpoint(path)
-        params = framepred.averaged_weights(params, (state or {}).get("optimizer"))   # the G its run evaluated
-        ema = ((state or {}).get("optimizer") or {}).get("G", {}).get("ema_beta")
-        models.append(dict(name=model_name(path, config), path=str(path), params=params, config=config, ema=ema))
+        models.append(dict(name=model_name(path, config), path=str(path), params=framepred.checkpoint_weights(params, state),
+                           config=config, ema=framepred.saved_ema_beta(state)))
     names = [md["name"] for md in models]
     for md in models:
         if names.count(md["name"]) > 1:

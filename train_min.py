@@ -296,7 +296,7 @@ def init_from_checkpoint(path, config, seed):
         loaded, old, state = fp.load_checkpoint(path)
     except fp.CheckpointError as e:
         raise RunError(str(e)) from e
-    loaded = fp.averaged_weights(loaded, (state or {}).get("optimizer"))      # the run's averaged G, if it kept one
+    loaded = fp.checkpoint_weights(loaded, state)       # the run's averaged G, if it kept one
     g_keys = ["m", "n", "scales", "target", "g_maps", "g_kernels"]
     diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {config[k]!r}" for k in g_keys if old.get(k) != config[k]]
     if diffs:
