@@ -200,10 +200,12 @@ class ProcessGroup:
         for key, value in theirs.items():
             params[key][...] = value
         for net, state in (opt or {}).items():
-            state["t"] = their_opt[net]["t"]
-            for name in fp.OPTIMIZER_ARRAYS:
-                for key, value in their_opt[net].get(name, {}).items():
-                    state[name][key][...] = value
+            for name, value in their_opt[net].items():
+                if name in fp.OPTIMIZER_ARRAYS:
+                    for key, array in value.items():
+                        state[name][key][...] = array
+                else:
+                    state[name] = value          # the step count, the average's beta and total weight
 
     def _receive_all(self, ranks=None):
         """Each worker's answer, in rank order; WorkerError if one fails or dies first. A worker

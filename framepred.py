@@ -441,11 +441,12 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 def adam_init(params, net, ema=0.0):
     """Adam's state for the parameters of net ('G' or 'D'): step count and both moments at 0.
-    ema: beta of the temporal average of the weights (below; 0: none), kept as "ema" from 0 as well."""
+    ema: the largest beta of the temporal average of the weights (below; 0: none), kept as "ema" from 0
+    as well, with its total weight "ema_weight" from 0."""
     keys = [key for key in params if key.startswith(net + "/")]
     state = {"t": 0, "m": {key: params[key] * 0 for key in keys}, "v": {key: params[key] * 0 for key in keys}}
     if ema:
-        state.update(ema_beta=float(ema), ema={key: params[key] * 0 for key in keys})
+        state.update(ema_beta=float(ema), ema_weight=0.0, ema={key: params[key] * 0 for key in keys})
     return state
 
 
@@ -459,22 +460,32 @@ def adam_update(params, grads, lr, state, ops=None):
                          [state["m"][key] for key in keys], [state["v"][key] for key in keys],
                          lr, *ADAM_BETAS, ADAM_EPS, state["t"])
     if "ema" in state:
-        ops.ema_update_many([state["ema"][key] for key in keys], [params[key] for key in keys], state["ema_beta"])
+        beta = ema_beta_at(state["ema_beta"], state["t"])
+        ops.ema_update_many([state["ema"][key] for key in keys], [params[key] for key in keys], beta)
+        state["ema_weight"] = beta * state["ema_weight"] + (1 - beta)
 
 
 # Temporal averaging (Kingma & Ba 2015, section 7.2; not the paper's): the state of Adam can also keep
-# an exponential moving average of the weights, avg <- beta avg + (1 - beta) W after each step, from
-# avg = 0, read with the bias correction avg / (1 - beta^t). The last weights of a short run carry the
-# noise of its last steps (on real video the adversarial steps' especially); their average does not.
-# Training goes on from the weights; the averaged G is the one evaluated, drawn and used by predict and
-# metrics.py evaluate. README "Training in minutes" has the experiments that chose it.
+# an exponential moving average of the weights, avg <- beta_t avg + (1 - beta_t) W after step t, from
+# avg = 0, read divided by its total weight (the bias correction: 1 - beta^t for a constant beta).
+# beta_t = min(beta, (1 + t) / (10 + t)) averages about the last tenth of the steps taken until that
+# reaches 1 / (1 - beta) steps (t = 4,490 for 0.998), so that early in a run the average does not lag
+# far behind a fast-improving G. The last weights of a short run carry the noise of its last steps (on
+# real video the adversarial steps' especially); their average does not. Training goes on from the
+# weights; the averaged G is the one evaluated, drawn and used by predict and metrics.py evaluate.
+# README "Training in minutes" has the experiments that chose it.
+def ema_beta_at(beta, t):
+    """The average's beta after step t = 1, 2, ... of a run whose largest beta is `beta`."""
+    return min(beta, (1 + t) / (10 + t))
+
+
 def averaged_weights(params, opt):
     """params with each network's weights replaced by their temporal average where opt (Adam's state,
     {net: state}, or None) keeps one and has taken a step; otherwise params itself."""
     averaged = dict(params)
     for state in (opt or {}).values():
         if "ema" in state and state["t"] > 0:
-            correction = 1.0 / (1.0 - state["ema_beta"] ** state["t"])
+            correction = 1.0 / state["ema_weight"]
             averaged.update({key: avg * correction for key, avg in state["ema"].items()})
     return averaged
 
@@ -547,7 +558,8 @@ def save_checkpoint(path, params, config, state=None, optimizer=None):
     """One .npz: every parameter as float32 under its key, "config" as JSON text, the training
     state for resuming under "state" (JSON text) and, for Adam, its moments under
     "optimizer/{G,D}/{m,v}/<parameter key>" with the step count "optimizer/{G,D}/t" (and a temporal
-    average of the weights under "optimizer/G/ema/<parameter key>", its beta "optimizer/G/ema_beta"). Written to a
+    average of the weights under "optimizer/G/ema/<parameter key>", its beta "optimizer/G/ema_beta" and
+    total weight "optimizer/G/ema_weight"). Written to a
     temporary file in the same folder, then renamed over `path`: a crash never leaves a
     half-written checkpoint."""
     arrays = {key: np.asarray(value, dtype=np.float32) for key, value in params.items()}
@@ -558,6 +570,7 @@ def save_checkpoint(path, params, config, state=None, optimizer=None):
         arrays[f"optimizer/{net}/t"] = np.array(st["t"], dtype=np.int64)
         if "ema" in st:
             arrays[f"optimizer/{net}/ema_beta"] = np.array(st["ema_beta"], dtype=np.float64)
+            arrays[f"optimizer/{net}/ema_weight"] = np.array(st["ema_weight"], dtype=np.float64)
         for moment in OPTIMIZER_ARRAYS:
             for key, value in st.get(moment, {}).items():
                 arrays[f"optimizer/{net}/{moment}/{key}"] = np.asarray(value, dtype=np.float32)
@@ -575,8 +588,8 @@ OPTIMIZER_ARRAYS = ("m", "v", "ema")   # Adam's moments and, when kept, the temp
 
 
 def optimizer_arrays(opt, convert):
-    """Adam's state {net: {"t", "m", "v"[, "ema_beta", "ema"]}} with every array passed through convert
-    (ops.to_host, ops.asarray, np.copy); None stays None."""
+    """Adam's state {net: {"t", "m", "v"[, "ema_beta", "ema_weight", "ema"]}} with every array passed
+    through convert (ops.to_host, ops.asarray, np.copy); None stays None."""
     if opt is None:
         return None
     return {net: {name: ({key: convert(a) for key, a in value.items()} if name in OPTIMIZER_ARRAYS else value)
@@ -584,7 +597,8 @@ def optimizer_arrays(opt, convert):
 
 
 def _optimizer_from_arrays(arrays):
-    """Pop the "optimizer/..." arrays of save_checkpoint -> {net: {"t", "m", "v"[, "ema_beta", "ema"]}} (or None)."""
+    """Pop the "optimizer/..." arrays of save_checkpoint -> {net: {"t", "m", "v"[, "ema_beta", "ema_weight",
+    "ema"]}} (or None)."""
     optimizer = {}
     for name in [key for key in arrays if key.startswith("optimizer/")]:
         _, net, rest = name.split("/", 2)
@@ -592,11 +606,14 @@ def _optimizer_from_arrays(arrays):
         value = arrays.pop(name)
         if rest == "t":
             st["t"] = int(value)
-        elif rest == "ema_beta":
-            st["ema_beta"] = float(value)
+        elif rest in ("ema_beta", "ema_weight"):
+            st[rest] = float(value)
         else:
             moment, key = rest.split("/", 1)
             st.setdefault(moment, {})[key] = value.astype(np.float32)
+    for st in optimizer.values():
+        if "ema_beta" in st and "ema_weight" not in st:     # saved before stop 28: a constant beta
+            st["ema_weight"] = 1.0 - st["ema_beta"] ** st["t"]
     return optimizer or None
 
 

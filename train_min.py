@@ -150,8 +150,9 @@ def build_parser():
                         "(default: sgd 0.04 0.005 as in the paper, adam 5e-4 5e-5)")
     p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
     p.add_argument("--ema", type=float, default=None, metavar="BETA",
-                   help="with Adam, also keep G's weights averaged over its steps, avg <- BETA avg + (1 - BETA) W "
-                        "(Adam's temporal averaging, Kingma & Ba section 7.2; not the paper's), and evaluate, draw "
+                   help="with Adam, also keep G's weights averaged over its steps, avg <- b avg + (1 - b) W after "
+                        "step t with b = min(BETA, (1 + t) / (10 + t)) (Adam's temporal averaging, Kingma & Ba "
+                        "section 7.2, with a beta that grows; not the paper's), and evaluate, draw "
                         "and save for predict that average; 0: the last weights (default: by preset: small and "
                         "paper_adam 0.998, paper 0)")
     p.add_argument("--target", choices=fp.TARGETS, default=None,

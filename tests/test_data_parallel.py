@@ -89,7 +89,8 @@ def test_group_step_equals_one_process_on_the_whole_minibatch(adversarial):
 
 def test_group_keeps_adam_state_and_pull_returns_it():
     """The workers keep Adam's state, G's temporal average included; pull copies it. After one step
-    the bias-corrected average is that step's weights (avg = (1 - beta) W_1); after more it is not."""
+    the average is that step's weights (avg = (1 - beta_1) W_1 of total weight 1 - beta_1); after more it
+    is not."""
     rng = np.random.default_rng(2)
     params = fp.init_params(CONFIG, 0, dtype=np.float32)
     opt = {"G": fp.adam_init(params, "G", ema=0.9), "D": fp.adam_init(params, "D")}

@@ -85,11 +85,12 @@ def test_model_adam_steps_each_network_separately():
             np.testing.assert_allclose(before[key] - params[key], 1e-3, rtol=1e-4)
 
 
-@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 5), beta=st.sampled_from([0.5, 0.9, 0.998]))
-def test_averaged_weights_are_the_bias_corrected_mean_of_the_steps(seed, steps, beta):
-    """Adam's temporal averaging (Kingma & Ba section 7.2), kept in G's state by fp.adam_update:
-    averaged_weights gives sum_i (1 - beta) beta^(t - i) W_i / (1 - beta^t) over the weights W_i after
-    each of the t steps, written out here from the iterates; D, which keeps no average, is its own."""
+@given(seed=st.integers(0, 2**32 - 1), steps=st.integers(1, 12), beta=st.sampled_from([0.5, 0.7, 0.9, 0.998]))
+def test_averaged_weights_are_the_normalised_mean_of_the_steps(seed, steps, beta):
+    """Adam's temporal averaging (Kingma & Ba section 7.2), kept in G's state by fp.adam_update with
+    beta_t = min(beta, (1 + t) / (10 + t)) after step t: averaged_weights gives
+    sum_i c_i W_i / sum_i c_i, c_i = (1 - beta_i) prod_(j > i) beta_j, over the weights W_i after each of
+    the t steps, written out here from the iterates; D, which keeps no average, is its own."""
     config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="adv_gdl")
     params = fp.init_params(config, seed=0, dtype=np.float64)
     opt = {"G": fp.adam_init(params, "G", ema=beta), "D": fp.adam_init(params, "D")}
@@ -101,15 +102,27 @@ def test_averaged_weights_are_the_bias_corrected_mean_of_the_steps(seed, steps, 
         grads = {k: rng.standard_normal(v.shape) for k, v in params.items() if k.startswith("G/")}
         fp.adam_update(params, grads, 1e-2, opt["G"], ops)
         iterates.append({k: params[k].copy() for k in grads})
+    betas = [min(beta, (1 + t) / (10 + t)) for t in range(1, steps + 1)]
+    weights = [(1 - betas[i]) * np.prod(betas[i + 1:]) for i in range(steps)]
+    assert opt["G"]["ema_weight"] == pytest.approx(sum(weights), rel=1e-12)
     averaged = fp.averaged_weights(params, opt)
     for key in params:
         if key.startswith("G/"):
-            want = sum((1 - beta) * beta ** (steps - i) * w[key] for i, w in enumerate(iterates, 1)) / (1 - beta ** steps)
+            want = sum(c * w[key] for c, w in zip(weights, iterates)) / sum(weights)
             np.testing.assert_allclose(averaged[key], want, rtol=1e-12, atol=1e-15, err_msg=key)
             assert averaged[key] is not params[key]
         else:
             assert averaged[key] is params[key]
     assert fp.averaged_weights(params, None) == params          # SGD: no state
+
+
+def test_average_beta_grows_to_its_largest():
+    """beta_t = min(beta, (1 + t) / (10 + t)): about the last tenth of the steps early in a run, the
+    largest beta (0.998: the last ~500 steps) from t = 4,490 on."""
+    assert fp.ema_beta_at(0.998, 1) == pytest.approx(2 / 11)
+    assert fp.ema_beta_at(0.998, 990) == pytest.approx(0.991)
+    assert fp.ema_beta_at(0.998, 4480) < 0.998 == fp.ema_beta_at(0.998, 4491) == fp.ema_beta_at(0.998, 10**6)
+    assert fp.ema_beta_at(0.5, 8) == pytest.approx(0.5) and fp.ema_beta_at(0.5, 100) == 0.5
 
 
 def test_ema_update_many_refuses_bad_input():
@@ -209,12 +222,14 @@ def test_checkpoint_keeps_adam_state_exactly(tmp_path):
             for key in opt[net][moment]:
                 opt[net][moment][key] = rng.standard_normal(params[key].shape).astype(np.float32) ** 2
     path = str(tmp_path / "c.npz")
+    opt["G"]["ema_weight"] = 0.123456789012345
     fp.save_checkpoint(path, params, config, {"step": 5}, opt)
     loaded, _, state = fp.load_checkpoint(path)
     assert set(loaded) == set(params)
     saved = state["optimizer"]
     assert saved["G"]["t"] == 7 and saved["D"]["t"] == 3
     assert saved["G"]["ema_beta"] == 0.998 and "ema" not in saved["D"] and "ema_beta" not in saved["D"]
+    assert saved["G"]["ema_weight"] == 0.123456789012345 and "ema_weight" not in saved["D"]
     for net in ("G", "D"):
         for moment in fp.OPTIMIZER_ARRAYS[:2 + (net == "G")]:
             assert set(saved[net][moment]) == set(opt[net][moment])
@@ -222,6 +237,26 @@ def test_checkpoint_keeps_adam_state_exactly(tmp_path):
                 np.testing.assert_array_equal(saved[net][moment][key], value)
     fp.save_checkpoint(path, params, config, {"step": 5})           # SGD: no optimizer arrays
     assert "optimizer" not in fp.load_checkpoint(path)[2]
+
+
+def test_checkpoint_saved_before_the_growing_beta_reads_its_constant_beta(tmp_path):
+    """Runs saved before stop 28 kept no "ema_weight": their beta was constant, so the total weight
+    of their average is 1 - beta^t, and their averaged G reads as it did."""
+    config = fp.make_config(m=2, n=1, patch=32, width=1 / 32, loss="l2")
+    params = fp.init_params(config, seed=0)
+    opt = {"G": fp.adam_init(params, "G", ema=0.9), "D": fp.adam_init(params, "D")}
+    opt["G"]["t"] = 3
+    opt["G"]["ema"] = {key: np.full_like(params[key], 0.271) for key in opt["G"]["ema"]}
+    path = str(tmp_path / "c.npz")
+    fp.save_checkpoint(path, params, config, {"step": 3}, opt)
+    with np.load(path) as f:
+        arrays = {key: f[key] for key in f.files if key != "optimizer/G/ema_weight"}
+    np.savez(path, **arrays)
+    _, _, state = fp.load_checkpoint(path)
+    assert state["optimizer"]["G"]["ema_weight"] == pytest.approx(1 - 0.9 ** 3)
+    model = fp.checkpoint_weights(params, state)
+    key = next(iter(opt["G"]["ema"]))
+    np.testing.assert_allclose(model[key], 0.271 / (1 - 0.9 ** 3), rtol=1e-6)
 
 
 def test_synthetic_validation_draw_differs_from_test():
