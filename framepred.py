@@ -982,11 +982,11 @@ def predict(args):
         for i, p in enumerate(preds, 1):
             paths.append(os.path.join(args.out, f"pred_{i}.png"))
             Image.fromarray(to_uint8(p).transpose(1, 2, 0)).save(paths[-1], format="PNG")
-        import metrics
+        import figures
         gif = os.path.join(args.out, "predictions.gif")
         captions = [f"input {t + 1} of {m}" for t in range(m)] + [
             f"predicted t+{i} (red frame)" for i in range(1, len(preds) + 1)]
-        metrics.save_gif(gif, list(history) + list(preds), fps=4, captions=captions, first_predicted=m,
+        figures.save_gif(gif, list(history) + list(preds), fps=4, captions=captions, first_predicted=m,
                          labels=[os.path.basename(os.path.normpath(args.input))])
     except (CheckpointError, DataError, BackendError, PredictError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

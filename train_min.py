@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 import data
 import data_parallel
+import figures
 import framepred as fp
 import metrics
 from kernels import DEVICES, BackendError, load_backend
@@ -356,7 +357,7 @@ def save_sample_grid(path, ops, params, config, X, Y, rows=4, title=None):
              + [f"G scale {k}\n{preds[k].shape[2]}x{preds[k].shape[3]}{coarse.get(k, '')}" for k in config["scales"]])
     subtitle = (f"rows: {len(grid)} training patches of {side}x{side}; G's prediction of t+1 at each scale, "
                 f"shown upscaled to {side}x{side}")
-    metrics.save_grid_png(path, grid, col_labels=heads, labels=[f"patch {r + 1}" for r in range(len(grid))],
+    figures.save_grid_png(path, grid, col_labels=heads, labels=[f"patch {r + 1}" for r in range(len(grid))],
                           title=f"{title}\n{subtitle}" if title else subtitle)
 
 
@@ -364,7 +365,7 @@ def draw_curves(out, config):
     """Redraw OUT/curves.png from every line of OUT/eval.jsonl: losses, D's accuracies, held-out scores."""
     with open(os.path.join(out, "eval.jsonl")) as f:
         records = [json.loads(line) for line in f if line.strip()]
-    metrics.save_curves_png(os.path.join(out, "curves.png"), records, title=f"{out} (loss {config['loss']})")
+    figures.save_curves_png(os.path.join(out, "curves.png"), records, title=f"{out} (loss {config['loss']})")
 
 
 # ----------------------------------------------------------------------------- checkpoints of the run

@@ -1,4 +1,4 @@
-"""Tests of metrics.save_curves_png: the training-curve figure drawn from train_min.py's eval records.
+"""Tests of figures.save_curves_png: the training-curve figure drawn from train_min.py's eval records.
 
 Pixel checks find a line by its exact RGB colour (Pillow draws lines without antialiasing)
 inside the plot areas the function returns, so they see where the data landed.
@@ -9,7 +9,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from metrics import _BLUE, _ORANGE, save_curves_png
+from figures import _BLUE, _ORANGE, save_curves_png
 
 GREEN = (44, 160, 44)  # g_gdl
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import figures
 import framepred as fp
 import metrics
 from data import open_source, stack_frames, to_uint8, to_unit
@@ -84,7 +85,7 @@ def marked_frames(gif):
     for k in range(gif.n_frames):
         gif.seek(k)
         a = np.asarray(gif.convert("RGB")).astype(int)
-        out.append(bool((np.abs(a - metrics.PREDICTED_MARK).max(axis=-1) < 24).sum() > 200))
+        out.append(bool((np.abs(a - figures.PREDICTED_MARK).max(axis=-1) < 24).sum() > 200))
     return out
 
 

@@ -12,9 +12,9 @@ from hypothesis import given, strategies as st
 from PIL import Image
 
 import metrics
+from figures import image_to_uint8, save_gif, save_grid_png
 from metrics import (flow_baseline, last_frame_baseline, motion_mask, optical_flow, psnr,
-                     save_gif, save_grid_png, sharpness_difference, ssim, stack_frames,
-                     image_to_uint8, unstack_frames, warp)
+                     sharpness_difference, ssim, stack_frames, unstack_frames, warp)
 
 
 def texture(h, w, dx=0.0, dy=0.0, seed=0, k=24):
