@@ -365,7 +365,8 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
                           ("cpu", "small", 1 / 8, "adam", [5e-4, 1.5e-4], 7500)])
 def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g, steps):
     """With no --preset, a GPU trains Table 1's widths with Adam for the paper's 50,000 steps, a CPU
-    the small preset; --preset paper keeps the paper's SGD at its rates."""
+    the small preset (rho_G lowered to 1.5e-4, where paper_adam ends at 5e-5); --preset paper keeps the
+    paper's SGD at its rates."""
     args = train_min.parse_args(["--loss", "adv_gdl"])
     args.preset = train_min.choose_preset(args, type("Ops", (), {"name": device}))
     assert args.preset == preset and f"preset {preset}: " in capsys.readouterr().out
@@ -377,6 +378,10 @@ def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g
     paper = train_min.parse_args(["--loss", "adv_gdl", "--preset", "paper"])
     train_min.resolve_training_flags(paper, train_min.choose_preset(paper, type("Ops", (), {"name": device})))
     assert (paper.optimizer, paper.lr_g, paper.lr_d, paper.ema) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D, 0.0)
+    # the small preset's own rho_G end is Adam's: with --optimizer sgd it takes the paper's rates
+    small_sgd = train_min.parse_args(["--loss", "adv_gdl", "--preset", "small", "--optimizer", "sgd", "--ema", "0"])
+    train_min.resolve_training_flags(small_sgd, "small")
+    assert (small_sgd.lr_g, small_sgd.lr_d) == ([fp.LR_G_START, fp.LR_G_END], fp.LR_D)
 
 
 def test_train_adversarial_warmup_default_is_a_fraction_of_the_run(tmp_path, capsys):
