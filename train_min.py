@@ -90,6 +90,11 @@ def _loss_presets_text():
     return "; ".join(f"{name} = {terms(d)}" for name, d in fp.LOSS_PRESETS.items())
 
 
+def _rates_text(pair):
+    """'0.0005 5e-05': rho_G's (start, end) for the help text, in the :g format the run prints."""
+    return " ".join(f"{rate:g}" for rate in pair)
+
+
 def build_parser():
     """The command line; each integer is checked here (e.g. --steps 0 is a usage error, exit status 2)."""
     count, natural = fp.int_at_least(0), fp.int_at_least(1)
@@ -152,9 +157,10 @@ def build_parser():
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, the others adam)")
     p.add_argument("--lr-g", type=float, nargs=2, default=None, metavar=("START", "END"),
-                   help="rho_G, lowered geometrically from START to END over the run "
-                        "(default: sgd 0.04 0.005 as in the paper; adam 5e-4 5e-5, in the small preset "
-                        "5e-4 3e-4)")
+                   help="rho_G, lowered geometrically from START to END over the run (default: sgd "
+                        f"{_rates_text(LEARNING_RATES['sgd']['lr_g'])} as in the paper; adam "
+                        f"{_rates_text(LEARNING_RATES['adam']['lr_g'])}, in the small preset "
+                        f"{_rates_text(PRESETS['small']['lr_g'])})")
     p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
     p.add_argument("--ema", type=float, default=None, metavar="BETA",
                    help="with Adam, also keep G's weights averaged over its steps, avg <- b avg + (1 - b) W after "

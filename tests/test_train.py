@@ -379,7 +379,7 @@ def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g
     train_min.resolve_training_flags(paper, train_min.choose_preset(paper, type("Ops", (), {"name": device})))
     assert (paper.optimizer, paper.lr_g, paper.lr_d, paper.ema) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D, 0.0)
     # the small preset's own rho_G end is Adam's: with --optimizer sgd it takes the paper's rates
-    small_sgd = train_min.parse_args(["--loss", "adv_gdl", "--preset", "small", "--optimizer", "sgd", "--ema", "0"])
+    small_sgd = train_min.parse_args(["--loss", "adv_gdl", "--preset", "small", "--optimizer", "sgd"])
     train_min.resolve_training_flags(small_sgd, "small")
     assert (small_sgd.lr_g, small_sgd.lr_d) == ([fp.LR_G_START, fp.LR_G_END], fp.LR_D)
 
