@@ -42,11 +42,12 @@ EVAL_SIDE = 96       # --eval-size: the side of the held-out frames scored durin
 PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame",
                   min_motion=data.MIN_MOTION, pans=0.0),
-    # steps: about 10 minutes on 2 cores (two worker processes, --processes) each: 10000 G steps at
-    # batch 4; for the adversarial losses 6750 G-alone steps at batch 4 (--warmup-batch), then 750
-    # adversarial iterations at batch 8, each about 4x the time of a G-alone step. (With one process
-    # the 10 minutes held 8000 and 6000; on the validation draw the longer runs scored +0.02 / +0.24 dB
-    # PSNR and +0.15 / +0.13 dB sharpness, gdl_l1 / adv_gdl.) warmup: the fraction of an adversarial run in which
+    # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
+    # fit_steps times a few of each kind first): on 2 cores (two worker processes, --processes) about
+    # 14,000 G steps at batch 4, or for the adversarial losses about 10,000 (90% G alone at batch 4,
+    # --warmup-batch, then adversarial iterations at batch 8, each about 4x the time of a G-alone
+    # step). Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
+    # minutes of a slower moment of this machine. warmup: the fraction of an adversarial run in which
     # G trains alone on l_p + GDL before D joins. On the validation draw, a 5000-step warm-up at
     # batch 4 beat the former 2400 at batch 8 (+0.11 dB PSNR, +0.08 dB sharpness), and giving D
     # 1000 iterations instead of 600 (from a 4000-step warm-up) scored lower (-0.07, -0.10 dB).
@@ -59,7 +60,7 @@ PRESETS = {
     # takes the small preset's two changes (below), chosen at 1/8 of the widths: not measured at these.
     "paper_adam": dict(width=1.0, steps=50000, optimizer="adam", init_last="torch", warmup=0.0, target="frame",
                        min_motion=data.MIN_MOTION, pans=0.0, ema=0.998, on_video=dict(target="change", pans=0.5)),
-    "small": dict(width=1 / 8, steps=10000, steps_adv=7500, optimizer="adam", init_last="torch", warmup=0.9,
+    "small": dict(width=1 / 8, minutes=10.0, optimizer="adam", init_last="torch", warmup=0.9,
                   d_in_warmup=False, target="frame", min_motion=data.MIN_MOTION, pans=0.0, ema=0.998,
                   # rho_G's end: with G's weights averaged (ema) the last steps' noise stays out of the
                   # model, so rho_G need not fall to 5e-5 (README "Training in minutes": 1.5e-4 +0.10 to
@@ -115,7 +116,7 @@ def build_parser():
                         "A resumed run keeps its own unless given (default: %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="paper: Table 1's widths and the paper's SGD; paper_adam: the same widths with Adam; "
-                        "small: 1/8 of the widths, Adam, about 10 minutes on 2 cores. Default: paper_adam on a GPU, "
+                        "small: 1/8 of the widths, Adam, the steps that fill 10 minutes (--minutes). Default: paper_adam on a GPU, "
                         "small on a CPU")
     p.add_argument("--data", default=None,
                    help="a folder of videos or frame folders, or one video file (default: synthetic videos)")
@@ -134,7 +135,14 @@ def build_parser():
     p.add_argument("--force", action="store_true",
                    help="start a new run in an --out folder that holds another run, removing that run's "
                         "checkpoint, eval.jsonl, curves.png and sample grids")
-    p.add_argument("--steps", type=natural, default=None, help="total iterations of the run (default: by preset)")
+    p.add_argument("--steps", type=natural, default=None,
+                   help="total iterations of the run (default: by preset: paper and paper_adam 50000; small: as many "
+                        "as --minutes fills)")
+    p.add_argument("--minutes", type=fp.positive_float, default=None, metavar="MINUTES",
+                   help="train for as many steps as fill about MINUTES minutes on this machine, counted from a few "
+                        "steps of each kind timed before the run (on copies of the weights: the run is the one "
+                        "--steps gives, and it prints that --steps); not with --steps (default: small preset "
+                        f"{PRESETS['small']['minutes']:g})")
     p.add_argument("--batch", type=natural, default=None,
                    help="minibatch (default: 8 with the adversarial loss, else 4)")
     p.add_argument("--patch", type=fp.int_at_least(8), default=32,
@@ -301,9 +309,15 @@ def build_config(args, preset):
                           lam_gdl=args.lam_gdl, lam_adv=args.lam_adv)
 
 
-def default_steps(preset, config):
-    spec = PRESETS[preset]
-    return spec.get("steps_adv", spec["steps"]) if config["lam_adv"] else spec["steps"]
+def default_length(preset, steps=None, minutes=None):
+    """The run's length as (steps, minutes), one of them None: --steps, else --minutes (the steps
+    are then fitted before the run, fit_steps), else the preset's."""
+    if steps is not None and minutes is not None:
+        raise RunError("--steps and --minutes both set the run's length: give one of them")
+    if steps is None and minutes is None:
+        spec = PRESETS[preset]
+        steps, minutes = spec.get("steps"), spec.get("minutes")
+    return steps, minutes
 
 
 def init_from_checkpoint(path, config, seed):
@@ -402,7 +416,7 @@ def make_optimizer(ops, params, args, saved=None):
 # Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
 # and a different value on the command line is refused (RunError) rather than silently dropped.
 RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every", "ckpt_minutes")
-NOT_WITH_RESUME = ("out", "force", "init", "bench")
+NOT_WITH_RESUME = ("out", "force", "init", "bench", "minutes")
 CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "target", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
 
 
@@ -454,7 +468,8 @@ def resume_run(args, given=frozenset()):
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
                               ("d_in_warmup", False), ("warmup_batch", None), ("processes", 1), ("eval_size", 0),
-                              ("min_motion", data.MIN_MOTION), ("pans", 0.0), ("ckpt_minutes", 1.0), ("ema", 0.0)):
+                              ("min_motion", data.MIN_MOTION), ("pans", 0.0), ("ckpt_minutes", 1.0), ("ema", 0.0),
+                              ("minutes", None)):
         saved.setdefault(flag, old_default)          # runs saved before these flags existed
     differ = []
     for dest in sorted(given - set(RESUME_APPLIED) - {"resume"}):
@@ -607,6 +622,98 @@ def progress_line(step, total, log, rate, config, scores=None):
     return " | ".join(parts)
 
 
+def step_kind(config, args, adversarial):
+    """What a step does, for a step in the adversarial phase or not (G's warm-up, or a loss without
+    D): (adversarial, whether D trains, its minibatch sizes in the order drawn: D's, then G's)."""
+    adversarial = bool(config["lam_adv"]) and adversarial
+    train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
+    g_alone = bool(config["lam_adv"]) and not adversarial and not train_d
+    return adversarial, train_d, ([args.batch] if train_d else []) + [args.warmup_batch if g_alone else args.batch]
+
+
+def warmup_share(config, args):
+    """The warm-up's share of an adversarial run's steps: --warmup's count, or the preset's fraction."""
+    if not config["lam_adv"]:
+        return None, 0.0
+    return (args.warmup, None) if args.warmup is not None else (None, PRESETS[args.preset]["warmup"])
+
+
+def steps_in(seconds, t_warm, t_adv, warmup, fraction):
+    """The most steps that take `seconds` at t_warm s per warm-up step and t_adv s per adversarial one,
+    with a warm-up of `warmup` steps or of `fraction` of the steps."""
+    if warmup is None:
+        return int(seconds / (fraction * t_warm + (1 - fraction) * t_adv))
+    if seconds <= warmup * t_warm:
+        return int(seconds / t_warm)
+    return warmup + int((seconds - warmup * t_warm) / t_adv)
+
+
+def round_steps(n):
+    """Down to a round number (two significant figures from 1,000 up, tens from 100), at least 1."""
+    unit = 100 if n >= 1000 else 10 if n >= 100 else 1
+    return max(1, n // unit * unit)
+
+
+def fit_steps(minutes, ops, params, config, args, processes, source, clips):
+    """--minutes M: the number of steps that fill M minutes here. A few steps of each kind the run
+    takes (G's warm-up steps, Algorithm 1's D and G steps, or a loss without D's G steps) are timed
+    through the run's own path (its worker processes, minibatches drawn while a step runs), and one
+    held-out evaluation; the steps that fit in M minutes, less this timing and the first and last
+    evaluations, are rounded down (round_steps). The timed steps train copies of the weights (with a
+    fresh optimiser state) on minibatches from an rng of their own, so the run that follows is
+    exactly the run of `--steps N`. -> (N, {kind: seconds per step}, seconds per evaluation)."""
+    began = time.perf_counter()
+    warmup, fraction = warmup_share(config, args)
+    kinds = {}
+    if not config["lam_adv"]:
+        kinds["G step"] = step_kind(config, args, adversarial=False)
+    else:
+        if warmup or fraction:
+            kinds["warm-up" if args.d_in_warmup else "G alone"] = step_kind(config, args, adversarial=False)
+        kinds["Algorithm 1"] = step_kind(config, args, adversarial=True)
+    copies = {k: v.copy() for k, v in params.items()}
+    opt = make_optimizer(ops, copies, args)
+    group = data_parallel.ProcessGroup(processes, ops.name, copies, config, opt) if processes > 1 else None
+    draws = BatchPrefetcher(source, np.random.default_rng([args.seed, 9]), config["m"], config["n"], config["patch"])
+    seconds = {}
+    try:
+        for name, (adversarial, train_d, sizes) in kinds.items():
+            step_args = dict(lr_g=args.lr_g[0], lr_d=args.lr_d, adversarial=adversarial, train_d=train_d)
+            draws.request(sizes)
+            timed, spent, start = -2, 0.0, 0.0                          # two untimed steps first
+            while timed < 3 or (timed < 20 and spent < 1.0):
+                *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
+                draws.request(sizes)
+                d_batch = d_batch[0] if train_d else None
+                if group:
+                    group.train_step(d_batch, g_batch, **step_args)
+                else:
+                    fp.read_log(ops, fp.train_step(ops, copies, config, d_batch, g_batch, opt=opt, **step_args))
+                timed += 1
+                if timed == 0:
+                    start = time.perf_counter()
+                elif timed > 0:
+                    spent = time.perf_counter() - start
+            seconds[name] = spent / timed
+            draws.take()
+    finally:
+        draws.close()
+        if group:
+            group.close()
+    start = time.perf_counter()
+    if clips is not None and len(clips):
+        evaluate(ops, copies, config, clips)
+    t_eval = time.perf_counter() - start
+    budget = max(0.0, 60 * minutes - (time.perf_counter() - began) - 2 * t_eval)
+    per_eval = t_eval / args.eval_every                                  # the evaluations, shared by the steps
+    if not config["lam_adv"]:
+        steps = int(budget / (seconds["G step"] + per_eval))
+    else:
+        t_warm = seconds.get("G alone", seconds.get("warm-up", 0.0)) + per_eval
+        steps = steps_in(budget, t_warm, seconds["Algorithm 1"] + per_eval, warmup, fraction)
+    return round_steps(steps), seconds, t_eval
+
+
 def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
     """--processes, 0 resolved (data_parallel.auto_processes); RunError where P processes cannot be
     used. A GPU trains in one process, so a resumed CPU run's number, not given on this command
@@ -652,7 +759,7 @@ def set_up_run(args, given, ops):
     params = (init_from_checkpoint(args.init, config, args.seed) if args.init else
               fp.init_params(config, args.seed, zero_last=args.init_last == "zero"))
     args.preset = preset
-    args.steps = args.steps if args.steps is not None else default_steps(preset, config)
+    args.steps, args.minutes = default_length(preset, args.steps, args.minutes)
     return args, params, config, 0, np.random.default_rng(args.seed), None
 
 
@@ -667,8 +774,6 @@ def run(args, given=frozenset()):
     except BackendError as e:
         raise RunError(str(e)) from e
     args, params, config, start, rng, saved_opt = set_up_run(args, given, ops)
-    total = args.steps
-    resolve_warmup(args, config, total)
     batch = args.batch = args.batch or (8 if config["lam_adv"] else 4)
     # G's warm-up trains l_p + GDL alone, so it takes the paper's minibatch for those losses (4, section 4.1)
     # rather than the adversarial one; runs saved before this flag warmed up at --batch.
@@ -706,13 +811,30 @@ def run(args, given=frozenset()):
         print(f"skipped {len(source.skipped)} unusable video(s); see the warnings above")
     params = {k: ops.asarray(v) for k, v in params.items()}
     opt = make_optimizer(ops, params, args, saved_opt)
+    # the minibatches the run draws: G's warm-up steps take their own (the number resolved is saved
+    # with the run: a resumed run keeps it, and so sums in the same order)
+    warmup, fraction = warmup_share(config, args)
+    g_alone_steps = config["lam_adv"] and (warmup or fraction) and not args.d_in_warmup and not args.bench
+    sizes = {batch, args.warmup_batch} if g_alone_steps else {batch}
+    processes = args.processes = choose_processes(args, ops, config, sizes, given)
+    if args.steps is None and not args.bench:
+        print(f"--minutes {args.minutes:g}: timing a few steps of each kind to fit the run to them", flush=True)
+        args.steps, seconds, t_eval = fit_steps(args.minutes, ops, params, config, args, processes, source, clips)
+        timed = ", ".join(f"{name} {1e3 * t:.0f} ms" for name, t in seconds.items())
+        print(f"--minutes {args.minutes:g}: {args.steps:,} steps fill about {args.minutes:g} minutes here ({timed} a "
+              f"step, an evaluation {t_eval:.1f} s every {args.eval_every} steps); --steps {args.steps} repeats "
+              f"this run exactly", flush=True)
+    total = args.steps
+    if not args.bench:
+        resolve_warmup(args, config, total)
     print(f"{ops.name}: G {fp.count_parameters(config, 'G'):,} params, D {fp.count_parameters(config, 'D'):,}"
           f" params (width {config['width']:g}" + (f", D {config['d_width']:g}" if config.get("d_width", config["width"]) != config["width"] else "")
-          + f"), loss {config['loss']}, batch {batch}, {total} steps -> {args.out}"
+          + f"), loss {config['loss']}, batch {batch}, " + (f"{total} steps" if total else "benchmark")
+          + f" -> {args.out}"
           + ("; G predicts the change from the last input frame" if fp.predicts_change(config) else ""))
     warm = (f", G alone for the first {args.warmup} steps"
             + (" (D already training)" if args.d_in_warmup else f" at batch {args.warmup_batch}")
-            if config["lam_adv"] and args.warmup else "")
+            if config["lam_adv"] and args.warmup and not args.bench else "")
     print(f"optimizer {args.optimizer}: rho_G {args.lr_g[0]:g} -> {args.lr_g[1]:g}"
           + (f", rho_D {args.lr_d:g}" if config["lam_adv"] else "") + f"; init {args.init_last}{warm}"
           + (f"; G evaluated and saved as its weights' moving average (--ema {args.ema:g})" if args.ema else ""))
@@ -723,15 +845,8 @@ def run(args, given=frozenset()):
 
     def step_batch_sizes(step):
         """The minibatches step `step` draws, in order: D's (only when D trains), then G's."""
-        adversarial = bool(config["lam_adv"]) and step >= args.warmup
-        train_d = bool(config["lam_adv"]) and (adversarial or args.d_in_warmup)
-        g_alone = bool(config["lam_adv"]) and not adversarial and not train_d
-        return adversarial, train_d, ([batch] if train_d else []) + [args.warmup_batch if g_alone else batch]
+        return step_kind(config, args, adversarial=step >= args.warmup)
 
-    # the number resolved is saved with the run: a resumed run keeps it, and so sums in the same order
-    g_alone_steps = config["lam_adv"] and args.warmup and not args.d_in_warmup and not args.bench
-    sizes = {batch, args.warmup_batch} if g_alone_steps else {batch}       # the minibatches the run draws
-    processes = args.processes = choose_processes(args, ops, config, sizes, given)
     if args.bench:
         import bench
         group = start_group(processes, ops, params, config, opt)

@@ -360,13 +360,13 @@ def test_train_progress_compares_with_copying_and_logs_means(tmp_path, capsys, m
     assert all(np.isfinite(r["psnr"]) and np.isfinite(r["psnr_last"]) for r in records)
 
 
-@pytest.mark.parametrize("device, preset, width, optimizer, lr_g, steps",
-                         [("gpu", "paper_adam", 1.0, "adam", [5e-4, 5e-5], 50000),
-                          ("cpu", "small", 1 / 8, "adam", [5e-4, 3e-4], 7500)])
-def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g, steps):
+@pytest.mark.parametrize("device, preset, width, optimizer, lr_g, length",
+                         [("gpu", "paper_adam", 1.0, "adam", [5e-4, 5e-5], (50000, None)),
+                          ("cpu", "small", 1 / 8, "adam", [5e-4, 3e-4], (None, 10.0))])
+def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g, length):
     """With no --preset, a GPU trains Table 1's widths with Adam for the paper's 50,000 steps, a CPU
-    the small preset (rho_G lowered to 3e-4, where paper_adam ends at 5e-5); --preset paper keeps the
-    paper's SGD at its rates."""
+    the small preset (rho_G lowered to 3e-4, where paper_adam ends at 5e-5) for the steps that fill
+    10 minutes; --preset paper keeps the paper's SGD at its rates."""
     args = train_min.parse_args(["--loss", "adv_gdl"])
     args.preset = train_min.choose_preset(args, type("Ops", (), {"name": device}))
     assert args.preset == preset and f"preset {preset}: " in capsys.readouterr().out
@@ -374,7 +374,9 @@ def test_default_preset_by_device(capsys, device, preset, width, optimizer, lr_g
     config = train_min.build_config(args, args.preset)
     assert (args.optimizer, args.lr_g, args.init_last, args.ema) == (optimizer, lr_g, "torch", 0.998)
     assert config["g_maps"] == fp.make_config(width=width)["g_maps"]
-    assert train_min.default_steps(args.preset, config) == steps
+    assert train_min.default_length(args.preset) == length
+    assert train_min.default_length(args.preset, steps=20) == (20, None)
+    assert train_min.default_length(args.preset, minutes=2.5) == (None, 2.5)
     paper = train_min.parse_args(["--loss", "adv_gdl", "--preset", "paper"])
     train_min.resolve_training_flags(paper, train_min.choose_preset(paper, type("Ops", (), {"name": device})))
     assert (paper.optimizer, paper.lr_g, paper.lr_d, paper.ema) == ("sgd", [fp.LR_G_START, fp.LR_G_END], fp.LR_D, 0.0)
@@ -490,3 +492,44 @@ def test_the_run_evaluates_saves_and_predicts_with_gs_averaged_weights(tmp_path,
 def ops_cpu():
     from kernels import load_backend
     return load_backend("cpu", verbose=False)
+
+
+@pytest.mark.parametrize("loss, processes", [("adv_gdl", "2"), ("gdl_l1", "1")])
+def test_minutes_fits_the_steps_and_the_run_is_that_of_its_steps(tmp_path, capsys, loss, processes):
+    """--minutes M times a few steps of each kind (in the worker processes when there are several),
+    fits the run's length to M minutes and says which --steps repeats it: the timing trains copies
+    on minibatches of its own, so the run ends with the weights of the run of that --steps, bit for bit."""
+    code, out = run_cli(tmp_path, "--loss", loss, "--minutes", "0.1", "--eval-every", "25", "--processes", processes,
+                        name="minutes")
+    text = capsys.readouterr().out
+    assert code == 0, text
+    line = next(ln for ln in text.splitlines() if ln.startswith("--minutes 0.1: ") and "steps fill" in ln)
+    steps = int(line.split("repeats")[0].split("--steps ")[1])
+    kinds = ["G alone", "Algorithm 1"] if loss == "adv_gdl" else ["G step"]
+    assert all(f"{kind} " in line for kind in kinds) and "an evaluation" in line, line
+    assert steps >= 1 and steps == train_min.round_steps(steps)
+    assert f"done: {out}/checkpoint.npz (step {steps})" in text
+    code, again = run_cli(tmp_path, "--loss", loss, "--steps", str(steps), "--eval-every", "25", "--processes",
+                          processes, name="steps")
+    assert code == 0
+    (a, _, state_a), (b, _, state_b) = (fp.load_checkpoint(os.path.join(d, "checkpoint.npz")) for d in (out, again))
+    assert state_a["step"] == state_b["step"] == steps
+    assert state_a["args"]["warmup"] == state_b["args"]["warmup"]
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_steps_that_fit_a_budget():
+    """steps_in: with the warm-up a fraction f of N steps, N (f t_warm + (1 - f) t_adv) <= seconds;
+    with a warm-up of W steps, W warm-up steps and then adversarial ones (or fewer warm-up steps
+    when they alone fill the time). round_steps keeps two significant figures from 1,000 up."""
+    assert train_min.steps_in(600.0, 0.04, 0.16, None, 0.9) == 11538       # 600 / (0.036 + 0.016)
+    assert train_min.steps_in(600.0, 0.04, 0.16, 1000, None) == 1000 + 3500  # 40 s, then 560 / 0.16
+    assert train_min.steps_in(30.0, 0.04, 0.16, 1000, None) == 750
+    assert train_min.steps_in(10.0, 0.04, 0.16, 0, None) == 62
+    assert [train_min.round_steps(n) for n in (0, 7, 99, 123, 999, 1049, 12587)] == [1, 7, 99, 120, 990, 1000, 12500]
+
+
+def test_minutes_and_steps_are_one_or_the_other(tmp_path, capsys):
+    code, out = run_cli(tmp_path, "--steps", "2", "--minutes", "1")
+    assert code == 1 and "--steps and --minutes both set the run's length" in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
