@@ -43,11 +43,13 @@ PRESETS = {
     "paper": dict(width=1.0, steps=50000, optimizer="sgd", init_last="torch", warmup=0.0, target="frame",
                   min_motion=data.MIN_MOTION, pans=0.0),
     # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
-    # fit_steps times a few of each kind first): on 2 cores (two worker processes, --processes) about
-    # 14,000 G steps at batch 4, or for the adversarial losses about 10,000 (90% G alone at batch 4,
+    # fit_steps times a few of each kind first): on 2 idle cores (two worker processes, --processes)
+    # 14,500 G steps at batch 4, or for the adversarial losses 11,000 (90% G alone at batch 4,
     # --warmup-batch, then adversarial iterations at batch 8, each about 4x the time of a G-alone
     # step). Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
-    # minutes of a slower moment of this machine. warmup: the fraction of an adversarial run in which
+    # minutes of a slower moment of this machine: on the validation draw 10,000 adversarial steps
+    # scored +0.12 dB PSNR and +0.20 dB sharpness over 7,500, and 15,000 +0.25 / +0.38 dB.
+    # warmup: the fraction of an adversarial run in which
     # G trains alone on l_p + GDL before D joins. On the validation draw, a 5000-step warm-up at
     # batch 4 beat the former 2400 at batch 8 (+0.11 dB PSNR, +0.08 dB sharpness), and giving D
     # 1000 iterations instead of 600 (from a 4000-step warm-up) scored lower (-0.07, -0.10 dB).
@@ -416,7 +418,7 @@ def make_optimizer(ops, params, args, saved=None):
 # Flags a resumed run takes from the command line; every other flag it keeps from the run itself,
 # and a different value on the command line is refused (RunError) rather than silently dropped.
 RESUME_APPLIED = ("steps", "device", "processes", "log_every", "eval_every", "ckpt_every", "ckpt_minutes")
-NOT_WITH_RESUME = ("out", "force", "init", "bench", "minutes")
+NOT_WITH_RESUME = ("out", "force", "init", "bench")
 CONFIG_FLAGS = ("loss", "m", "n", "patch", "width", "d_width", "target", "p", "alpha", "lam_lp", "lam_gdl", "lam_adv")
 
 
@@ -461,6 +463,9 @@ def resume_run(args, given=frozenset()):
     folder = os.path.dirname(path) or "."
     if not state:
         raise RunError(f"--resume {args.resume}: {path} holds no training state (a model-only checkpoint; use --init)")
+    if "minutes" in given:
+        raise RunError(f"--resume {args.resume}: a resumed run keeps its length in steps ({state['args']['steps']}); "
+                       f"to train it further give the new total with --steps, not --minutes")
     clash = [flag_name(d) for d in NOT_WITH_RESUME if d in given]
     if clash:
         raise RunError(f"{', '.join(clash)} cannot be combined with --resume, which continues the run in its own "
@@ -649,8 +654,10 @@ def steps_in(seconds, t_warm, t_adv, warmup, fraction):
 
 
 def round_steps(n):
-    """Down to a round number (two significant figures from 1,000 up, tens from 100), at least 1."""
-    unit = 100 if n >= 1000 else 10 if n >= 100 else 1
+    """Down to a round number, at least 1: a multiple of 500 from 5,000 up (so that runs of the same
+    command on one machine, whose timings differ by a few percent, mostly train the same steps), of
+    100 from 1,000, of 10 from 100."""
+    unit = 500 if n >= 5000 else 100 if n >= 1000 else 10 if n >= 100 else 1
     return max(1, n // unit * unit)
 
 

@@ -521,15 +521,28 @@ def test_minutes_fits_the_steps_and_the_run_is_that_of_its_steps(tmp_path, capsy
 def test_steps_that_fit_a_budget():
     """steps_in: with the warm-up a fraction f of N steps, N (f t_warm + (1 - f) t_adv) <= seconds;
     with a warm-up of W steps, W warm-up steps and then adversarial ones (or fewer warm-up steps
-    when they alone fill the time). round_steps keeps two significant figures from 1,000 up."""
+    when they alone fill the time). round_steps rounds down to 500s from 5,000, 100s from 1,000."""
     assert train_min.steps_in(600.0, 0.04, 0.16, None, 0.9) == 11538       # 600 / (0.036 + 0.016)
     assert train_min.steps_in(600.0, 0.04, 0.16, 1000, None) == 1000 + 3500  # 40 s, then 560 / 0.16
     assert train_min.steps_in(30.0, 0.04, 0.16, 1000, None) == 750
     assert train_min.steps_in(10.0, 0.04, 0.16, 0, None) == 62
-    assert [train_min.round_steps(n) for n in (0, 7, 99, 123, 999, 1049, 12587)] == [1, 7, 99, 120, 990, 1000, 12500]
+    assert [train_min.round_steps(n) for n in (0, 7, 99, 123, 999, 1049, 4999, 11099, 11538)] == \
+        [1, 7, 99, 120, 990, 1000, 4900, 11000, 11500]
 
 
 def test_minutes_and_steps_are_one_or_the_other(tmp_path, capsys):
     code, out = run_cli(tmp_path, "--steps", "2", "--minutes", "1")
     assert code == 1 and "--steps and --minutes both set the run's length" in capsys.readouterr().err
     assert not os.path.exists(os.path.join(out, "checkpoint.npz"))
+
+
+def test_resume_takes_steps_not_minutes(tmp_path, capsys):
+    """A run started with --minutes saved the steps it fitted; --resume goes on by --steps only."""
+    code, out = run_cli(tmp_path, "--loss", "gdl_l1", "--minutes", "0.02", "--eval-every", "1000")
+    assert code == 0
+    _, _, state = fp.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert state["args"]["minutes"] == 0.02 and state["args"]["steps"] == state["step"] >= 1
+    capsys.readouterr()
+    assert train_min.main(["--resume", out, "--minutes", "1"]) == 1
+    err = capsys.readouterr().err
+    assert f"keeps its length in steps ({state['step']})" in err and "--steps" in err
