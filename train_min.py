@@ -826,7 +826,14 @@ def run(args, given=frozenset()):
     processes = args.processes = choose_processes(args, ops, config, sizes, given)
     if args.steps is None and not args.bench:
         print(f"--minutes {args.minutes:g}: timing a few steps of each kind to fit the run to them", flush=True)
-        args.steps, seconds, t_eval = fit_steps(args.minutes, ops, params, config, args, processes, source, clips)
+        try:
+            args.steps, seconds, t_eval = fit_steps(args.minutes, ops, params, config, args, processes, source, clips)
+        except KeyboardInterrupt:
+            print("\ninterrupted while timing the steps for --minutes; nothing was written", file=sys.stderr)
+            return 130
+        except (OSError, data_parallel.WorkerError) as e:
+            raise RunError(f"--minutes {args.minutes:g}: timing the steps failed ({e}); --steps N trains a run "
+                           f"of N steps without timing them") from e
         timed = ", ".join(f"{name} {1e3 * t:.0f} ms" for name, t in seconds.items())
         print(f"--minutes {args.minutes:g}: {args.steps:,} steps fill about {args.minutes:g} minutes here ({timed} a "
               f"step, an evaluation {t_eval:.1f} s every {args.eval_every} steps); --steps {args.steps} repeats "

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import data
+import data_parallel
 import framepred as fp
 import metrics
 import train_min
@@ -546,3 +547,17 @@ def test_resume_takes_steps_not_minutes(tmp_path, capsys):
     assert train_min.main(["--resume", out, "--minutes", "1"]) == 1
     err = capsys.readouterr().err
     assert f"keeps its length in steps ({state['step']})" in err and "--steps" in err
+
+
+@pytest.mark.parametrize("failure, code, message", [
+    (KeyboardInterrupt, 130, "interrupted while timing the steps for --minutes; nothing was written"),
+    (data_parallel.WorkerError("worker 1 died"), 1, "timing the steps failed (worker 1 died); --steps N")])
+def test_minutes_timing_interrupted_or_failed(tmp_path, capsys, monkeypatch, failure, code, message):
+    """Ctrl-C or a dead worker while --minutes times the steps: a message and exit status, no traceback,
+    and nothing written in the run folder."""
+    def fail(*args, **kwargs):
+        raise failure
+    monkeypatch.setattr(train_min, "fit_steps", fail)
+    got, out = run_cli(tmp_path, "--minutes", "1")
+    assert got == code and message in capsys.readouterr().err
+    assert not os.path.exists(out)
