@@ -44,7 +44,7 @@ PRESETS = {
                   min_motion=data.MIN_MOTION, pans=0.0),
     # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
     # fit_steps times a few of each kind first): on 2 idle cores (two worker processes, --processes)
-    # 14,500 G steps at batch 4, or for the adversarial losses 11,000 (90% G alone at batch 4,
+    # 14,000-14,500 G steps at batch 4, or for the adversarial losses 11,000-11,500 (90% G alone at batch 4,
     # --warmup-batch, then adversarial iterations at batch 8, each about 4x the time of a G-alone
     # step). Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
     # minutes of a slower moment of this machine: on the validation draw 10,000 adversarial steps
