@@ -664,8 +664,9 @@ def round_steps(n):
 def fit_steps(minutes, ops, params, config, args, processes, source, clips):
     """--minutes M: the number of steps that fill M minutes here. A few steps of each kind the run
     takes (G's warm-up steps, Algorithm 1's D and G steps, or a loss without D's G steps) are timed
-    through the run's own path (its worker processes, minibatches drawn while a step runs), and one
-    held-out evaluation; the steps that fit in M minutes, less this timing and the first and last
+    through the run's own path (its worker processes, minibatches drawn while a step runs), 20 after
+    two untimed ones (fewer when they take over 30 s), their median taken, and one held-out
+    evaluation; the steps that fit in M minutes, less this timing and the first and last
     evaluations, are rounded down (round_steps). The timed steps train copies of the weights (with a
     fresh optimiser state) on minibatches from an rng of their own, so the run that follows is
     exactly the run of `--steps N`. -> (N, {kind: seconds per step}, seconds per evaluation)."""
@@ -687,8 +688,9 @@ def fit_steps(minutes, ops, params, config, args, processes, source, clips):
         for name, (adversarial, train_d, sizes) in kinds.items():
             step_args = dict(lr_g=args.lr_g[0], lr_d=args.lr_d, adversarial=adversarial, train_d=train_d)
             draws.request(sizes)
-            timed, spent, start = -2, 0.0, 0.0                          # two untimed steps first
-            while timed < 3 or (timed < 20 and spent < 1.0):
+            times, kind_began = [], time.perf_counter()
+            while len(times) < 22 and (len(times) < 5 or time.perf_counter() - kind_began < 30):
+                start = time.perf_counter()
                 *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
                 draws.request(sizes)
                 d_batch = d_batch[0] if train_d else None
@@ -696,12 +698,10 @@ def fit_steps(minutes, ops, params, config, args, processes, source, clips):
                     group.train_step(d_batch, g_batch, **step_args)
                 else:
                     fp.read_log(ops, fp.train_step(ops, copies, config, d_batch, g_batch, opt=opt, **step_args))
-                timed += 1
-                if timed == 0:
-                    start = time.perf_counter()
-                elif timed > 0:
-                    spent = time.perf_counter() - start
-            seconds[name] = spent / timed
+                times.append(time.perf_counter() - start)
+            # the median of all but the first two: steps that waited for a video's first decode are
+            # outliers here, as they are in the run (where the videos are then in the cache)
+            seconds[name] = float(np.median(times[2:]))
             draws.take()
     finally:
         draws.close()

@@ -561,3 +561,27 @@ def test_minutes_timing_interrupted_or_failed(tmp_path, capsys, monkeypatch, fai
     got, out = run_cli(tmp_path, "--minutes", "1")
     assert got == code and message in capsys.readouterr().err
     assert not os.path.exists(out)
+
+
+def test_minutes_timing_is_not_thrown_by_slow_first_draws(capsys):
+    """A video folder decodes each video the first time it is drawn, so the first steps of a run wait
+    for their minibatches; the steps then run at their own speed. fit_steps takes the median step,
+    so six draws that take 0.8 s (four of them among the 20 timed steps: their mean would be at
+    least 0.16 s a step) leave it at the speed of the others."""
+    args = train_min.parse_args(TINY + ["--loss", "gdl_l1", "--minutes", "1"])
+    ops = ops_cpu()
+    args, params, config, _, _, _ = train_min.set_up_run(args, frozenset(), ops)
+    args.batch = args.warmup_batch = 2
+    synthetic, calls = data.SyntheticVideos(seed=0), []
+
+    class SlowStart:
+        def sample(self, *a):
+            calls.append(1)
+            if len(calls) <= 6:
+                import time
+                time.sleep(0.8)
+            return synthetic.sample(*a)
+
+    steps, seconds, t_eval = train_min.fit_steps(1.0, ops, params, config, args, 1, SlowStart(), None)
+    assert len(calls) >= 22 and seconds["G step"] < 0.1, seconds
+    assert 1 <= steps <= 60 / seconds["G step"]
