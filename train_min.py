@@ -636,6 +636,21 @@ def step_kind(config, args, adversarial):
     return adversarial, train_d, ([args.batch] if train_d else []) + [args.warmup_batch if g_alone else args.batch]
 
 
+def device_batches(ops, drawn, train_d):
+    """The minibatches drawn for a step, [(X, Y), ...] on the host -> (D's minibatch, or None when D
+    does not train, and G's), on the device."""
+    *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in drawn]
+    return (d_batch[0] if train_d else None), g_batch
+
+
+def run_step(ops, params, config, opt, group, d_batch, g_batch, **step_args):
+    """One training step (framepred.train_step), in the worker processes of `group` or in this one
+    -> its log as floats."""
+    if group:
+        return group.train_step(d_batch, g_batch, **step_args)
+    return fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch, opt=opt, **step_args))
+
+
 def warmup_share(config, args):
     """The warm-up's share of an adversarial run's steps: --warmup's count, or the preset's fraction."""
     if not config["lam_adv"]:
@@ -661,23 +676,22 @@ def round_steps(n):
     return max(1, n // unit * unit)
 
 
-def fit_steps(minutes, ops, params, config, args, processes, source, clips):
+def fit_steps(minutes, ops, params, config, args, processes, source, t_eval):
     """--minutes M: the number of steps that fill M minutes here. A few steps of each kind the run
     takes (G's warm-up steps, Algorithm 1's D and G steps, or a loss without D's G steps) are timed
     through the run's own path (its worker processes, minibatches drawn while a step runs), 20 after
-    two untimed ones (fewer when they take over 30 s), their median taken, and one held-out
-    evaluation; the steps that fit in M minutes, less this timing and the first and last
-    evaluations, are rounded down (round_steps). The timed steps train copies of the weights (with a
-    fresh optimiser state) on minibatches from an rng of their own, so the run that follows is
-    exactly the run of `--steps N`. -> (N, {kind: seconds per step}, seconds per evaluation)."""
+    two untimed ones (fewer when they take over 30 s), and their median taken; t_eval: the seconds of
+    one held-out evaluation (the run's first, already made). The steps that fit in M minutes, less
+    this timing and the first and last evaluations, are rounded down (round_steps). The timed steps
+    train copies of the weights (with a fresh optimiser state) on minibatches from an rng of their
+    own, so the run that follows is exactly the run of `--steps N`. -> (N, {kind: seconds per step})."""
     began = time.perf_counter()
     warmup, fraction = warmup_share(config, args)
+    warm_name = "G step" if not config["lam_adv"] else "warm-up" if args.d_in_warmup else "G alone"
     kinds = {}
-    if not config["lam_adv"]:
-        kinds["G step"] = step_kind(config, args, adversarial=False)
-    else:
-        if warmup or fraction:
-            kinds["warm-up" if args.d_in_warmup else "G alone"] = step_kind(config, args, adversarial=False)
+    if not config["lam_adv"] or warmup or fraction:
+        kinds[warm_name] = step_kind(config, args, adversarial=False)
+    if config["lam_adv"]:
         kinds["Algorithm 1"] = step_kind(config, args, adversarial=True)
     copies = {k: v.copy() for k, v in params.items()}
     opt = make_optimizer(ops, copies, args)
@@ -691,13 +705,9 @@ def fit_steps(minutes, ops, params, config, args, processes, source, clips):
             times, kind_began = [], time.perf_counter()
             while len(times) < 22 and (len(times) < 5 or time.perf_counter() - kind_began < 30):
                 start = time.perf_counter()
-                *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
+                d_batch, g_batch = device_batches(ops, draws.take(), train_d)
                 draws.request(sizes)
-                d_batch = d_batch[0] if train_d else None
-                if group:
-                    group.train_step(d_batch, g_batch, **step_args)
-                else:
-                    fp.read_log(ops, fp.train_step(ops, copies, config, d_batch, g_batch, opt=opt, **step_args))
+                run_step(ops, copies, config, opt, group, d_batch, g_batch, **step_args)
                 times.append(time.perf_counter() - start)
             # the median of all but the first two: steps that waited for a video's first decode are
             # outliers here, as they are in the run (where the videos are then in the cache)
@@ -707,18 +717,14 @@ def fit_steps(minutes, ops, params, config, args, processes, source, clips):
         draws.close()
         if group:
             group.close()
-    start = time.perf_counter()
-    if clips is not None and len(clips):
-        evaluate(ops, copies, config, clips)
-    t_eval = time.perf_counter() - start
     budget = max(0.0, 60 * minutes - (time.perf_counter() - began) - 2 * t_eval)
     per_eval = t_eval / args.eval_every                                  # the evaluations, shared by the steps
     if not config["lam_adv"]:
-        steps = int(budget / (seconds["G step"] + per_eval))
+        steps = int(budget / (seconds[warm_name] + per_eval))
     else:
-        t_warm = seconds.get("G alone", seconds.get("warm-up", 0.0)) + per_eval
+        t_warm = seconds.get(warm_name, 0.0) + per_eval
         steps = steps_in(budget, t_warm, seconds["Algorithm 1"] + per_eval, warmup, fraction)
-    return round_steps(steps), seconds, t_eval
+    return round_steps(steps), seconds
 
 
 def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
@@ -824,10 +830,14 @@ def run(args, given=frozenset()):
     g_alone_steps = config["lam_adv"] and (warmup or fraction) and not args.d_in_warmup and not args.bench
     sizes = {batch, args.warmup_batch} if g_alone_steps else {batch}
     processes = args.processes = choose_processes(args, ops, config, sizes, given)
+    first_scores = None            # the untrained model's scores, when --minutes timed them (the run's step 0)
     if args.steps is None and not args.bench:
         print(f"--minutes {args.minutes:g}: timing a few steps of each kind to fit the run to them", flush=True)
         try:
-            args.steps, seconds, t_eval = fit_steps(args.minutes, ops, params, config, args, processes, source, clips)
+            began = time.perf_counter()
+            first_scores = evaluate(ops, fp.averaged_weights(params, opt), config, clips)
+            t_eval = time.perf_counter() - began
+            args.steps, seconds = fit_steps(args.minutes, ops, params, config, args, processes, source, t_eval)
         except KeyboardInterrupt:
             print("\ninterrupted while timing the steps for --minutes; nothing was written", file=sys.stderr)
             return 130
@@ -883,9 +893,11 @@ def run(args, given=frozenset()):
         save_sample_grid(path, ops, fp.averaged_weights(params, opt), config, X, Y, title=f"{args.out}, step {step} of {total}")
         return path
 
-    def evaluation(step):
+    def evaluation(step, scores=None):
+        """The held-out scores at `step` (or those given, of the same weights), logged and printed."""
         nonlocal sums, count
-        scores = dict(evaluate(ops, fp.averaged_weights(params, opt), config, clips), step=step)
+        scores = dict(scores if scores is not None else evaluate(ops, fp.averaged_weights(params, opt), config, clips),
+                      step=step)
         means = {key: value / count for key, value in sums.items()}
         sums, count = {}, 0
         with open(os.path.join(args.out, "eval.jsonl"), "a") as f:
@@ -900,7 +912,7 @@ def run(args, given=frozenset()):
         # Something to look at at once: the first training patches and the untrained G's guesses,
         # and the held-out scores to beat (copying the last input), drawn without touching rng.
         path = grid(0, *preview)
-        scores = evaluation(0)
+        scores = evaluation(0, first_scores)
         print(f"wrote {path}: training patches, their truth and the untrained G's prediction; "
               f"a new grid every {args.eval_every} steps and on Ctrl-C", flush=True)
     step, last_saved, g_batch, group = start, start, None, None
@@ -922,16 +934,11 @@ def run(args, given=frozenset()):
         group = start_group(processes, ops, params, config, opt)       # None in one process
         while step < total and not stop["now"]:
             adversarial, train_d, _ = step_batch_sizes(step)
-            *d_batch, g_batch = [tuple(ops.asarray(a) for a in xy) for xy in draws.take()]
-            d_batch = d_batch[0] if train_d else None          # D's minibatch, only when D trains
+            d_batch, g_batch = device_batches(ops, draws.take(), train_d)
             if step + 1 < total:
                 draws.request(step_batch_sizes(step + 1)[2])    # drawn while this step runs
-            step_args = dict(lr_g=fp.lr_g_at(step, total, *args.lr_g), lr_d=args.lr_d,
-                             adversarial=adversarial, train_d=train_d)
-            if group:
-                log = group.train_step(d_batch, g_batch, **step_args)
-            else:
-                log = fp.read_log(ops, fp.train_step(ops, params, config, d_batch, g_batch, opt=opt, **step_args))
+            log = run_step(ops, params, config, opt, group, d_batch, g_batch, lr_g=fp.lr_g_at(step, total, *args.lr_g),
+                           lr_d=args.lr_d, adversarial=adversarial, train_d=train_d)
             bad = [k for k, v in log.items() if not np.isfinite(v)]
             if bad:
                 print(f"\nstep {step + 1}: {', '.join(f'{k}={log[k]}' for k in bad)} is not finite; stopping. "
