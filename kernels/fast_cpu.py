@@ -6,17 +6,25 @@ this module, `--device reference` with numpy_ops. The ops it does not speed up (
 pooling, losses, Adam, ...) are numpy_ops' own, imported below.
 
 What is done here for speed, and where:
-- the convolutions work channel-major: a layer's output is a (C_out, N, Ho, Wo) array returned as
-  an (N, C_out, Ho, Wo) view, which is what the GEMM W @ cols gives and what the next layer's
-  unfolding reads fastest (_unfold, _rows); elementwise ops keep that layout (NumPy's 'K' order);
-- three forward algorithms, picked by a cost test (forward_algorithm): the unfolded input times
-  the weight (_unfold, the paper's wide layers); for a thinner output than input (G's last layers,
-  and the narrowing layers of the small preset) each tap's weights times every padded pixel and
-  the taps' shifted slices added (_add_taps); for the other thin layers, k GEMMs on an unfolding
-  along the image rows only (_conv_rows), k times smaller than im2col's, one per kernel row;
-- D's 'valid' backward for thin layers from that row unfolding too (_conv_rows_dw, _conv_rows_dx);
-- the 'same' backward from one unfolding of dout with the taps flipped: dx = W' U is the 'same'
-  convolution of dout with the kernel flipped, dw = U x^T flipped back (no unfolding of x, no col2im);
+- three forward algorithms, picked by a cost test (forward_algorithm), the backward following the
+  forward's:
+  - rows (_conv_rows; every layer of the small preset, G's 5 x 5 and 7 x 7 at the paper's widths):
+    the input unfolded along its image rows only (_unfold_rows), k times smaller than im2col's,
+    pixel-major, so that each row of the unfolding is a contiguous run of the padded input and the
+    pixels are the long side of the k GEMMs, one per kernel row; the output (Ho, N, Wo, C_out) is
+    returned as an (N, C_out, Ho, Wo) view. Backward: 'same' from one row unfolding of dout with the
+    taps flipped, dx the 'same' convolution of dout with the kernel flipped, dw the unfolding's
+    blocks times x (_conv_rows_same_backward); 'valid' from the row unfolding of x and its adjoint
+    (_conv_rows_valid_backward);
+  - unfold (the other wide layers, bound by their arithmetic): one GEMM of the weight and the
+    channel-major unfolding (_unfold), the output (C_out, N, Ho, Wo) returned as an (N, C_out, Ho,
+    Wo) view; 'same' backward from one unfolding of dout, taps flipped (dx = W' U, dw = U x^T
+    flipped back; no unfolding of x, no col2im), 'valid' backward from the unfolded x and the
+    columns' gradient added back onto the pixels (_fold);
+  - taps (G's last layers at the paper's widths, 3 channels out of 128): each tap's weights times
+    every padded pixel and the taps' shifted slices added (_add_taps); backward as unfold's;
+  every op reads its input in whatever layout the previous one left it (the unfoldings copy it
+  anyway), and elementwise ops keep the layout (NumPy's 'K' order);
 - one scratch buffer per dtype for the unfolded windows (_scratch), reused between calls: the
   largest temporaries of a step, each dead before the next is made;
 - the unfolding copies and the folding sums split across the cores in a thread pool (_on_all_cores;
@@ -179,99 +187,115 @@ def _add_taps(z, k, ho, wo):
 
 
 def _unfold_rows(x, k, pad):
-    """The padded x unfolded along its rows only (k copies of it, not im2col's k^2): x (N, C, H, W),
-    any strides -> (C*k, Hp*N*Wo), row c*k + j, column (y*N + n)*Wo + x0 holding x_padded[n, c, y, x0 + j]
-    for every padded row y. The input rows i .. i + Ho - 1 of every image, which kernel row i of a
-    convolution reads, are then one block of columns, [i N Wo, (i + Ho) N Wo) (see _conv_rows)."""
+    """The padded x unfolded along its rows only (k copies of it, not im2col's k^2), pixel-major:
+    x (N, C, H, W), any strides -> (Hp*N*Wo, k*C), row (y*N + n)*Wo + x0, column j*C + c holding
+    x_padded[n, c, y, x0 + j] for every padded row y. Each row is k*C values that lie next to each
+    other in the padded (Hp, N, Wp, C) copy, so the copy moves contiguous runs. The input rows
+    i .. i + Ho - 1 of every image, which kernel row i of a convolution reads, are then one block of
+    rows, [i N Wo, (i + Ho) N Wo) (see _conv_rows). In a scratch buffer (see _scratch)."""
     n, c, h, w = x.shape
     hp, wp = h + 2 * pad, w + 2 * pad
     wo = wp - k + 1
+    xh = x.transpose(2, 0, 3, 1)                                     # (H, N, W, C), free if pixel-major
     if pad:
-        xp_ = np.zeros((c, hp, n, wp), dtype=x.dtype)
-        xp_[:, pad:pad + h, :, pad:pad + w] = x.transpose(1, 2, 0, 3)
+        xp_ = np.zeros((hp, n, wp, c), dtype=x.dtype)
+        xp_[pad:pad + h, :, pad:pad + w] = xh
     else:
-        xp_ = x.transpose(1, 2, 0, 3)                                # (C, H, N, W), a view
-    windows = np.lib.stride_tricks.sliding_window_view(xp_, k, axis=3).transpose(0, 4, 1, 2, 3)  # (C, k, Hp, N, Wo)
-    u = np.empty((c, k, hp, n, wo), dtype=x.dtype)
-    _on_all_cores(lambda part: np.copyto(u[part], windows[part]), c, u.size)
-    return u.reshape(c * k, hp * n * wo)
+        xp_ = xh
+    windows = np.lib.stride_tricks.sliding_window_view(xp_, k, axis=2).transpose(0, 1, 2, 4, 3)  # (Hp, N, Wo, k, C)
+    u = _scratch((hp, n, wo, k, c), x.dtype)
+    _on_all_cores(lambda part: np.copyto(u[part], windows[part]), hp, u.size)
+    return u.reshape(hp * n * wo, k * c)
+
+
+def _fold_rows(u, x_shape, k, pad):
+    """Adjoint of _unfold_rows: (Hp*N*Wo, k*C) -> dx (N, C, H, W), a pixel-major view: each row
+    unfolding's k shifted slices added back onto the padded rows, the padding dropped."""
+    n, c, h, wd = x_shape
+    hp, wp = h + 2 * pad, wd + 2 * pad
+    wo = wp - k + 1
+    u = u.reshape(hp, n, wo, k, c)
+    dxp = np.zeros((hp, n, wp, c), dtype=u.dtype)
+    for j in range(k):
+        dxp[:, :, j:j + wo] += u[:, :, :, j]
+    return dxp[pad:pad + h, :, pad:pad + wd].transpose(1, 3, 0, 2)
+
+
+def _pixel_rows(a):
+    """(N, C, H, W) -> (H*N*W, C), rows in _unfold_rows' order: free when a is pixel-major (as the
+    'rows' convolutions' outputs are), else one copy."""
+    return np.ascontiguousarray(a.transpose(2, 0, 3, 1)).reshape(-1, a.shape[1])
+
+
+def _sum_kernel_rows(u, w_rows, rows, band):
+    """sum over kernel rows i of u[i band : i band + rows] @ w_rows[i]: u (R, K), w_rows (k, K, M) -> (rows, M).
+    Kernel row i of a convolution reads the block of row-unfolded pixels that starts i image rows down."""
+    acc = _gemm(u[:rows], w_rows[0])
+    if len(w_rows) > 1:
+        term = np.empty_like(acc)
+        for i in range(1, len(w_rows)):
+            acc += _gemm(u[i * band:i * band + rows], w_rows[i], out=term)
+    return acc
 
 
 def _conv_rows(x, w, pad):
     """The convolution (stride 1, zero padding pad) as k GEMMs, one per kernel row i, each on one
     block of _unfold_rows(x) and their products added: x (N, C, H, W), w (C_out, C, k, k) ->
-    (C_out, N, Ho, Wo), channel-major. For thin GEMMs (few output channels), which read their
-    columns once per output row of W: the columns are k times smaller than im2col's and stay in
-    cache, for k - 1 additions of the output."""
+    (Ho, N, Wo, C_out), pixel-major. The pixels are the GEMMs' long side (OpenBLAS runs these thin
+    products 15-25% faster that way round than channel-major), and the columns are k times smaller
+    than im2col's, for k - 1 additions of the output."""
     n, c, h, wd = x.shape
     c_out, _, k, _ = w.shape
     ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
-    u = _unfold_rows(x, k, pad)
-    band = n * wo                                                    # columns per input row
-    w_rows = w.transpose(2, 0, 1, 3).reshape(k, c_out, c * k)        # [i]: kernel row i, columns c*k + j
-    out = np.empty((c_out, n, ho, wo), dtype=x.dtype)
-    out_rows = out.transpose(0, 2, 1, 3)                             # (C_out, Ho, N, Wo), the GEMMs' order
-    acc = _gemm(w_rows[0], u[:, :ho * band])
-    term = np.empty_like(acc)
-    for i in range(1, k):
-        _gemm(w_rows[i], u[:, i * band:(i + ho) * band], out=term)
-        if i < k - 1:
-            acc += term
-        else:
-            np.add(acc.reshape(c_out, ho, n, wo), term.reshape(c_out, ho, n, wo), out=out_rows)
-    if k == 1:
-        np.copyto(out_rows, acc.reshape(c_out, ho, n, wo))
-    return out
+    w_rows = w.transpose(2, 3, 1, 0).reshape(k, k * c, c_out)        # [i]: kernel row i, rows j*C + c
+    out = _sum_kernel_rows(_unfold_rows(x, k, pad), w_rows, ho * n * wo, n * wo)
+    return out.reshape(ho, n, wo, c_out)
 
 
-def _rows_order(dout):
-    """dout (N, C_out, Ho, Wo), any strides -> (C_out, Ho*N*Wo), row-major over (y, n, x): the column
-    order of the row-unfolding GEMMs (_conv_rows)."""
-    c_out, ho = dout.shape[1], dout.shape[2]
-    return np.ascontiguousarray(dout.transpose(1, 2, 0, 3)).reshape(c_out, ho * dout.shape[0] * dout.shape[3])
-
-
-def _conv_rows_dw(x, d_hnw, k, pad):
-    """The weight gradient of _conv_rows: x (N, C, H, W), d_hnw = _rows_order(dout) -> dw (C_out, C, k, k).
-    Kernel row i's (C_out, C k) block is d_hnw times block i of _unfold_rows(x), transposed."""
-    n, c, h, wd = x.shape
-    c_out = d_hnw.shape[0]
-    u = _unfold_rows(x, k, pad)
-    band = n * (wd + 2 * pad - k + 1)
-    ho = d_hnw.shape[1] // band
-    dw_rows = np.stack([_gemm(d_hnw, u[:, i * band:(i + ho) * band].T) for i in range(k)])  # (k, C_out, C k)
-    return np.ascontiguousarray(dw_rows.reshape(k, c_out, c, k).transpose(1, 2, 0, 3))
-
-
-def _conv_rows_dx(d_hnw, w, x_shape, pad, c_from=0):
-    """The input gradient of _conv_rows for the input channels c_from: on, as the adjoint of its two
-    steps: each kernel row's columns gradient W_i^T dout added onto that row's block, then the row
-    unfolding folded back (k shifted additions along x). d_hnw = _rows_order(dout), w (C_out, C_in,
-    k, k), x_shape (N, C, H, W) with C = C_in - c_from -> dx (N, C, H, W)."""
-    n, c, h, wd = x_shape
+def _conv_rows_same_backward(dout, x, w, pad, need_dx, need_dw, dx_from):
+    """dx and dw of a 'same' _conv_rows from one row unfolding of dout (padded by k // 2): dx is the
+    'same' convolution of dout with the kernel flipped and its in and out channels swapped (k GEMMs
+    on the unfolding's row blocks, as the forward), and kernel row k-1-i of dw is block i of the
+    unfolding transposed times x (taps flipped back). No unfolding of x, no fold."""
+    n, c_in, h, wd = x.shape
     c_out, _, k, _ = w.shape
-    hp, wo = h + 2 * pad, wd + 2 * pad - k + 1
+    u = _unfold_rows(dout, k, pad)                                   # (Hp N W, k C_out), taps (i', j')
+    band = n * wd
+    dx = dw = None
+    if need_dw:
+        xr = _pixel_rows(x)                                          # (H N W, C_in)
+        dw_f = np.stack([_gemm(u[i * band:(i + h) * band].T, xr) for i in range(k)])  # (k, k C_out, C_in)
+        dw = np.ascontiguousarray(dw_f.reshape(k, k, c_out, c_in)[::-1, ::-1].transpose(2, 3, 0, 1))
+    if need_dx:
+        c_dx = c_in - dx_from
+        w_f = w[:, dx_from:, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(k, k * c_out, c_dx)
+        dx = _sum_kernel_rows(u, w_f, h * band, band).reshape(h, n, wd, c_dx).transpose(1, 3, 0, 2)
+    return dx, dw
+
+
+def _conv_rows_valid_backward(dout, x, w, pad, need_dx, need_dw, dx_from):
+    """dx and dw of any _conv_rows (D's 'valid' ones): dw's kernel row i is block i of _unfold_rows(x)
+    transposed times dout; dx the adjoint of the forward's two steps, each kernel row's columns
+    gradient dout W_i^T added onto that row's block, then the row unfolding folded back (_fold_rows)."""
+    n, c_in, h, wd = x.shape
+    c_out, _, k, _ = w.shape
+    ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
     band = n * wo
-    ho = d_hnw.shape[1] // band
-    w_rows_t = w[:, c_from:].transpose(2, 1, 3, 0).reshape(k, c * k, c_out)   # [i]: W_i^T, rows c*k + j
-    du = np.zeros((c * k, hp * band), dtype=d_hnw.dtype)
-    term = np.empty((c * k, ho * band), dtype=d_hnw.dtype)
-    for i in range(k):
-        du[:, i * band:(i + ho) * band] += _gemm(w_rows_t[i], d_hnw, out=term)
-    return _fold_rows(du, (n, c, h, wd), k, pad)
-
-
-def _fold_rows(u, x_shape, k, pad):
-    """Adjoint of _unfold_rows: (C*k, Hp*N*Wo) -> dx (N, C, H, W), each row unfolding's k shifted
-    slices added back onto the padded rows, the padding dropped."""
-    n, c, h, wd = x_shape
-    hp, wp = h + 2 * pad, wd + 2 * pad
-    wo = wp - k + 1
-    u = u.reshape(c, k, hp, n, wo)
-    dxp = np.zeros((c, hp, n, wp), dtype=u.dtype)
-    for j in range(k):
-        dxp[:, :, :, j:j + wo] += u[:, j]
-    return dxp[:, pad:pad + h, :, pad:pad + wd].transpose(2, 0, 1, 3)
+    d = _pixel_rows(dout)                                            # (Ho N Wo, C_out)
+    dx = dw = None
+    if need_dw:
+        u = _unfold_rows(x, k, pad)
+        dw_rows = np.stack([_gemm(u[i * band:(i + ho) * band].T, d) for i in range(k)])   # (k, k C_in, C_out)
+        dw = np.ascontiguousarray(dw_rows.reshape(k, k, c_in, c_out).transpose(3, 2, 0, 1))
+    if need_dx:
+        c_dx = c_in - dx_from
+        w_rows_t = w[:, dx_from:].transpose(2, 0, 3, 1).reshape(k, c_out, k * c_dx)  # [i]: W_i^T, columns j*C + c
+        du = np.zeros(((h + 2 * pad) * band, k * c_dx), dtype=d.dtype)
+        term = np.empty((ho * band, k * c_dx), dtype=d.dtype)
+        for i in range(k):
+            du[i * band:(i + ho) * band] += _gemm(d, w_rows_t[i], out=term)
+        dx = _fold_rows(du, (n, c_dx, h, wd), k, pad)
+    return dx, dw
 
 
 def _rows(a):
@@ -280,70 +304,79 @@ def _rows(a):
 
 
 # --------------------------------------------------------------------------- conv2d
-TAPS_MAX_C_IN = 64       # see forward_algorithm
 ROWS_MAX_C_OUT = 64      # see forward_algorithm
 
 
-def forward_algorithm(c_in, c_out, padded_pixels, out_pixels):
-    """The forward's cost test: 'taps', 'rows' or 'unfold' (measured on 2 cores, layer by layer).
+def use_taps(c_in, c_out, padded_pixels, out_pixels):
+    """Whether the forward multiplies over the padded pixels (bench.py counts that extra work): see forward_algorithm."""
+    return 4 * c_out * padded_pixels <= c_in * out_pixels
+
+
+def forward_algorithm(c_in, c_out, padded_pixels, out_pixels, mode, k):
+    """The forward's cost test: 'taps', 'rows' or 'unfold' (measured layer by layer, one core per
+    worker at the small preset's widths, two cores at the paper's).
 
     taps (_add_taps) saves the unfolding's copy (C_in k^2 values per output pixel) for k^2 shifted
     additions (C_out k^2 values per padded pixel), and its GEMM runs over the padded pixels: for an
-    output much thinner than the input (C_out Hp Wp <= C_in Ho Wo / 4: G's last layers, 3n
-    channels), and for any narrowing layer (C_out Hp Wp <= C_in Ho Wo) of at most TAPS_MAX_C_IN
-    input channels (the small preset's 64 -> 32 -> 16), whose small GEMM is cheap beside the copy;
-    at the paper's widths (512 -> 256, 256 -> 128) the GEMM's extra border costs more than the
-    copy saves (528 against 366 ms).
-    rows (_conv_rows): for the other layers of at most ROWS_MAX_C_OUT output channels. Their thin
-    GEMM is bound by reading the unfolded columns, which the row unfolding makes k times smaller
-    (the small preset's widening layers: 10-60% faster than the unfolding).
-    unfold (_unfold, one GEMM): the paper's wide layers, bound by their arithmetic."""
-    narrower = c_out * padded_pixels <= c_in * out_pixels
-    if 4 * c_out * padded_pixels <= c_in * out_pixels or (narrower and c_in <= TAPS_MAX_C_IN):
+    output much thinner than the input (C_out Hp Wp <= C_in Ho Wo / 4: G's last layers at the
+    paper's widths, 3 channels out of 128).
+    rows (_conv_rows, pixel-major): k GEMMs on an unfolding k times smaller than im2col's, the
+    pixels the GEMMs' long side: every layer of at most ROWS_MAX_C_OUT output channels (all of the
+    small preset's: 15-45% faster than the unfolding there), and G's 5 x 5 and 7 x 7 layers at the
+    paper's widths (3-25%).
+    unfold (_unfold, one GEMM): the other wide layers (G's 3 x 3, D's), bound by their arithmetic,
+    where one GEMM over im2col's columns beats k GEMMs and their sum."""
+    if use_taps(c_in, c_out, padded_pixels, out_pixels):
         return "taps"
-    return "rows" if c_out <= ROWS_MAX_C_OUT else "unfold"
-
-
-def use_taps(c_in, c_out, padded_pixels, out_pixels):
-    """Whether the forward multiplies over the padded pixels (bench.py counts that extra work)."""
-    return forward_algorithm(c_in, c_out, padded_pixels, out_pixels) == "taps"
+    if c_out <= ROWS_MAX_C_OUT or (mode == "same" and k >= 5):
+        return "rows"
+    return "unfold"
 
 
 def conv2d_forward(x, w, b, mode, relu=False):
-    """numpy_ops.conv2d_forward, one GEMM on the channel-major unfolding, or the taps path.
+    """numpy_ops.conv2d_forward by one of three algorithms (forward_algorithm).
 
     x: (N, C_in, H, W); w: (C_out, C_in, k, k), k odd for 'same'; b: (C_out,)
     mode 'same' pads by k // 2 (G's convolutions), 'valid' does not pad (D's); relu: the ReLU
-    that follows, applied here (numpy_ops.relu_forward keeps the channel-major layout).
-    out: (N, C_out, Ho, Wo), Ho = H for 'same', H - k + 1 for 'valid': a view of a channel-major
-    (C_out, N, Ho, Wo) array, which is what the GEMM gives and what the next layer reads fastest.
+    that follows, applied here (numpy_ops.relu_forward keeps the layout).
+    out: (N, C_out, Ho, Wo), Ho = H for 'same', H - k + 1 for 'valid': a view of what the GEMMs give,
+    pixel-major (Ho, N, Wo, C_out) from 'rows', channel-major (C_out, N, Ho, Wo) from the others.
     """
     pad = conv_check(x.shape, w.shape, mode)
     n, _, h, wd = x.shape
     c_out, _, k, _ = w.shape
     ho, wo = conv_output_size(h, wd, k, mode)
     c_in, hp, wp = x.shape[1], h + 2 * pad, wd + 2 * pad
-    algorithm = forward_algorithm(c_in, c_out, hp * wp, ho * wo)
+    algorithm = forward_algorithm(c_in, c_out, hp * wp, ho * wo, mode, k)
     if algorithm == "taps":
-        # Fewer output channels than input ones: the unfolded x would be C_in k k x N Ho Wo for a
-        # GEMM of only C_out rows. Instead multiply each tap's weights into every padded pixel,
+        # A much thinner output than input: the unfolded x would be C_in k k x N Ho Wo for a GEMM
+        # of only C_out rows. Instead multiply each tap's weights into every padded pixel,
         # (C_out k k, C_in) @ (C_in, N Hp Wp), and add the taps' shifted slices.
         z = _gemm(w.transpose(0, 2, 3, 1).reshape(c_out * k * k, c_in), _padded(x, pad).reshape(c_in, -1),
                   out=_scratch((c_out * k * k, n * hp * wp), x.dtype))
         out = _add_taps(z.reshape(c_out, k, k, n, hp, wp), k, ho, wo)
         out += b[:, None, None, None]
+        out = out.transpose(1, 0, 2, 3)
     elif algorithm == "rows":
-        out = _conv_rows(x, w, pad)
-        out += b[:, None, None, None]
+        out = _conv_rows(x, w, pad)                                   # (Ho, N, Wo, C_out)
+        out += b
+        out = out.transpose(1, 3, 0, 2)
     else:
-        out = _gemm(w.reshape(c_out, -1), _unfold(x, k, pad))  # (C_out, N*Ho*Wo)
+        out = _gemm(w.reshape(c_out, -1), _unfold(x, k, pad))        # (C_out, N*Ho*Wo)
         out += b[:, None]
-        out = out.reshape(c_out, n, ho, wo)
+        out = out.reshape(c_out, n, ho, wo).transpose(1, 0, 2, 3)
     # The backward unfolds x or dout again: memory for one layer's columns, not every layer's.
-    out, relu_cache = out.transpose(1, 0, 2, 3), None
+    relu_cache = None
     if relu:
         out, relu_cache = relu_forward(out)
-    return out, (x, w, pad, relu_cache)
+    return out, (x, w, pad, relu_cache, algorithm)
+
+
+def _channel_sums(d):
+    """db: d (N, C, H, W) summed over all but the channels, read in its memory's order."""
+    if d.transpose(2, 0, 3, 1).flags.c_contiguous:                  # pixel-major
+        return _pixel_rows(d).sum(axis=0)
+    return _rows(d).sum(axis=1)
 
 
 def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
@@ -354,28 +387,34 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
     it for the input channels dx_from: only (the channels before them see only data); need_dw=False
     skips the parameter gradients dw and db (D held fixed in G's step).
 
-    'same' (G): both gradients come from one unfolding of dout (padded by k // 2, taps flipped),
-    U = (C_out k k, N H W): dx = W' U is the 'same' convolution of dout with the kernel flipped and
-    its in and out channels swapped, and dw = U x^T, flipped back; no unfolding of x, no col2im.
-    'valid' (D): dw from the unfolded x as in the forward; dx from the columns' gradient W^T dout,
-    added back onto the pixels (_fold): the full convolution would cost (H / Ho)^2 more. For at
-    most ROWS_MAX_C_OUT output channels both from the row unfolding instead (_conv_rows_dw,
-    _conv_rows_dx): 25-45% faster on the small preset's D layers.
+    The backward follows the forward's algorithm:
+    - rows, 'same' (G): both gradients from one row unfolding of dout, taps flipped
+      (_conv_rows_same_backward); rows, 'valid' (D): dw from the row unfolding of x, dx its adjoint
+      (_conv_rows_valid_backward);
+    - taps and unfold, 'same': from one unfolding of dout (padded by k // 2, taps flipped),
+      U = (C_out k k, N H W): dx = W' U is the 'same' convolution of dout with the kernel flipped and
+      its in and out channels swapped, and dw = U x^T, flipped back; no unfolding of x, no col2im;
+    - taps and unfold, 'valid': dw from the unfolded x as in the forward; dx from the columns'
+      gradient W^T dout, added back onto the pixels (_fold): the full convolution would cost
+      (H / Ho)^2 more.
     A forward with relu=True: dout is first taken back through the ReLU.
     """
-    x, w, pad, relu_cache = cache
+    x, w, pad, relu_cache, algorithm = cache
     if relu_cache is not None:
         dout = relu_backward(dout, relu_cache)
     n, c_in, h, wd = x.shape
     c_out, _, k, _ = w.shape
     check_dx_from(dx_from, c_in)
-    d_rows = _rows(dout)                                          # (C_out, N*Ho*Wo)
-    dx = dw = db = None
-    if need_dw:
-        db = d_rows.sum(axis=1)
-    if 2 * pad == k - 1:                                          # 'same' (and any 1 x 1)
-        if not (need_dw or need_dx):
-            return None, None, None
+    db = _channel_sums(dout) if need_dw else None
+    if not (need_dw or need_dx):
+        return None, None, None
+    same = 2 * pad == k - 1                                          # 'same' (and any 1 x 1)
+    if algorithm == "rows":
+        backward = _conv_rows_same_backward if same else _conv_rows_valid_backward
+        dx, dw = backward(dout, x, w, pad, need_dx, need_dw, dx_from)
+        return dx, dw, db
+    dx = dw = None
+    if same:
         u = _unfold(dout, k, pad)                                 # (C_out k k, N H W), taps (i', j')
         if need_dw:
             # U x^T: (C_out, k, k, C_in), tap (i', j') holding dw's tap (k-1-i', k-1-j')
@@ -385,14 +424,7 @@ def conv2d_backward(dout, cache, need_dx=True, need_dw=True, dx_from=0):
             w_t = w[:, dx_from:, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c_in - dx_from, -1)
             dx = _gemm(w_t, u).reshape(c_in - dx_from, n, h, wd).transpose(1, 0, 2, 3)
         return dx, dw, db
-    if c_out <= ROWS_MAX_C_OUT:
-        # thin layers (as in the forward): from the row unfolding of x, k times smaller than im2col's
-        d_hnw = _rows_order(dout)
-        if need_dw:
-            dw = _conv_rows_dw(x, d_hnw, k, pad)
-        if need_dx:
-            dx = _conv_rows_dx(d_hnw, w, (n, c_in - dx_from, h, wd), pad, dx_from)
-        return dx, dw, db
+    d_rows = _rows(dout)                                          # (C_out, N*Ho*Wo)
     if need_dw:
         dw = _gemm(d_rows, _unfold(x, k, pad).T).reshape(w.shape)  # (C_out, N Ho Wo) @ (N Ho Wo, C_in k k)
     if need_dx:

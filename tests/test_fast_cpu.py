@@ -1,8 +1,8 @@
 """The fast CPU backend (kernels/fast_cpu.py) against the plain reference (kernels/numpy_ops.py), op by op.
 
-fast_cpu reorganises the convolutions and the fully connected layers for speed (channel-major
-layouts, a thin-output algorithm, a flipped-kernel 'same' backward, a scratch buffer, copies
-split across threads); every other op is the reference's own function. Here each reorganised op
+fast_cpu reorganises the convolutions and the fully connected layers for speed (pixel-major and
+channel-major layouts, a row unfolding, a thin-output algorithm, flipped-kernel 'same' backwards,
+a scratch buffer, copies split across threads); every other op is the reference's own function. Here each reorganised op
 runs on hypothesis-drawn shapes, forward and backward (with the gradient skips the model uses),
 in float64 and float32, against the reference, elementwise:
 
@@ -42,19 +42,18 @@ def assert_close(got, want, what, dtype):
 
 
 class forced_algorithm:
-    """Within the block, fast_cpu's convolutions take the given forward algorithm, and D's 'valid'
-    backward the row unfolding with 'rows' (else the unfolding and fold)."""
+    """Within the block, fast_cpu's convolutions take the given forward algorithm (the backward
+    follows the forward's)."""
 
     def __init__(self, algorithm):
         self.algorithm = algorithm
 
     def __enter__(self):
-        self.saved = fast.forward_algorithm, fast.ROWS_MAX_C_OUT
+        self.saved = fast.forward_algorithm
         fast.forward_algorithm = lambda *shape: self.algorithm
-        fast.ROWS_MAX_C_OUT = 10 ** 6 if self.algorithm == "rows" else 0      # D's backward follows
 
     def __exit__(self, *exc):
-        fast.forward_algorithm, fast.ROWS_MAX_C_OUT = self.saved
+        fast.forward_algorithm = self.saved
 
 
 class threads_for_everything:
@@ -123,19 +122,20 @@ def test_fast_conv2d_matches_reference(dtype, mode, data):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("mode, c_in, c_out, k, algorithm", [
     ("same", 64, 3, 3, "taps"), ("same", 40, 3, 7, "taps"), ("valid", 48, 2, 5, "taps"),   # thin outputs
-    ("same", 32, 16, 5, "taps"), ("same", 64, 32, 3, "taps"), ("valid", 64, 16, 5, "taps"),   # small, narrowing
-    ("same", 15, 16, 7, "rows"), ("same", 32, 64, 5, "rows"), ("valid", 16, 32, 7, "rows"),  # small, widening
-    ("same", 96, 128, 3, "unfold"), ("same", 8, 80, 3, "unfold"), ("valid", 8, 72, 3, "unfold")])    # wide
+    ("same", 32, 16, 5, "rows"), ("same", 64, 32, 3, "rows"), ("valid", 64, 16, 5, "rows"),   # small widths
+    ("same", 15, 16, 7, "rows"), ("same", 32, 64, 5, "rows"), ("valid", 16, 32, 7, "rows"),
+    ("same", 96, 128, 5, "rows"), ("same", 8, 80, 7, "rows"),                                # wide, 5 x 5 and 7 x 7 in G
+    ("same", 96, 128, 3, "unfold"), ("same", 8, 80, 3, "unfold"), ("valid", 8, 72, 7, "unfold")])    # wide, G's 3 x 3, D's
 def test_fast_conv2d_cost_test_and_each_algorithm(dtype, mode, c_in, c_out, k, algorithm):
     """The cost test picks the algorithm stated; each gives the reference's results, forward and backward
-    (D's 'valid' backward: from the row unfolding up to 64 output channels, else the unfolding and fold)."""
+    (the backward follows the forward's algorithm)."""
     rng = np.random.default_rng(c_in + k)
     x = rng.standard_normal((2, c_in, 12, 10)).astype(dtype)
     wt = (rng.standard_normal((c_out, c_in, k, k)) / (k * np.sqrt(c_in))).astype(dtype)
     b = rng.standard_normal(c_out).astype(dtype)
     pad = ref.conv_check(x.shape, wt.shape, mode)
     ho, wo = ref.conv_output_size(12, 10, k, mode)
-    assert fast.forward_algorithm(c_in, c_out, (12 + 2 * pad) * (10 + 2 * pad), ho * wo) == algorithm
+    assert fast.forward_algorithm(c_in, c_out, (12 + 2 * pad) * (10 + 2 * pad), ho * wo, mode, k) == algorithm
     out, cache = fast.conv2d_forward(x, wt, b, mode)
     out_ref, cache_ref = ref.conv2d_forward(x, wt, b, mode)
     assert_close(out, out_ref, "conv2d out", dtype)
