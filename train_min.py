@@ -610,9 +610,22 @@ class BatchPrefetcher:
         self.worker.shutdown(wait=False, cancel_futures=True)
 
 
-def progress_line(step, total, log, rate, config, scores=None):
+def time_left(step, total, rate, warmup=0, step_seconds=None):
+    """Seconds until step `total` at `rate` steps/s (the current phase's). Before step `warmup`, with
+    step_seconds = (a warm-up step's seconds, an adversarial one's) as fit_steps timed them, the
+    adversarial steps still ahead count at their own cost (about 4 warm-up steps each in the small
+    preset); without them (--steps) every step left counts at the warm-up's rate."""
+    left = total - step
+    if step_seconds and step < warmup:
+        warm_left = warmup - step
+        left = warm_left + (left - warm_left) * step_seconds[1] / step_seconds[0]
+    return left / max(rate, 1e-9)
+
+
+def progress_line(step, total, log, rate, config, scores=None, seconds_left=None):
     """One progress line: the loss terms of this step, D's, the last evaluation against copying the
-    last input (its step in brackets), steps/s over the last minute and the time left."""
+    last input (its step in brackets), steps/s over the last minute and the time left (seconds_left,
+    else the steps left at this rate)."""
     terms = [f"lp {log['g_lp']:.4f}"]
     terms += [f"gdl {log['g_gdl']:.4f}"] if config["lam_gdl"] else []
     terms += [f"adv {log['g_adv']:.3f}"] if config["lam_adv"] else []
@@ -623,7 +636,8 @@ def progress_line(step, total, log, rate, config, scores=None):
         parts.append(f"held-out PSNR {scores['psnr'] - scores['psnr_last']:+.2f} dB, "
                      f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying "
                      f"(eval step {scores['step']})")
-    parts.append(f"{rate:.2f} steps/s, ETA {format_eta((total - step) / max(rate, 1e-9))}")
+    seconds_left = time_left(step, total, rate) if seconds_left is None else seconds_left
+    parts.append(f"{rate:.2f} steps/s, ETA {format_eta(seconds_left)}")
     return " | ".join(parts)
 
 
@@ -831,6 +845,7 @@ def run(args, given=frozenset()):
     sizes = {batch, args.warmup_batch} if g_alone_steps else {batch}
     processes = args.processes = choose_processes(args, ops, config, sizes, given)
     first_scores = None            # the untrained model's scores, when --minutes timed them (the run's step 0)
+    step_seconds = None            # --minutes: (warm-up step, adversarial step) seconds, for the ETA
     if args.steps is None and not args.bench:
         print(f"--minutes {args.minutes:g}: timing a few steps of each kind to fit the run to them", flush=True)
         try:
@@ -845,6 +860,8 @@ def run(args, given=frozenset()):
             raise RunError(f"--minutes {args.minutes:g}: timing the steps failed ({e}); --steps N trains a run "
                            f"of N steps without timing them") from e
         timed = ", ".join(f"{name} {1e3 * t:.0f} ms" for name, t in seconds.items())
+        if len(seconds) == 2:
+            step_seconds = tuple(seconds.values())                      # warm-up first, then Algorithm 1
         print(f"--minutes {args.minutes:g}: {args.steps:,} steps fill about {args.minutes:g} minutes here ({timed} a "
               f"step, an evaluation {t_eval:.1f} s every {args.eval_every} steps); --steps {args.steps} repeats "
               f"this run exactly", flush=True)
@@ -949,8 +966,12 @@ def run(args, given=frozenset()):
             for key, value in log.items():
                 sums[key] = sums.get(key, 0.0) + value
             count += 1
+            if config["lam_adv"] and step == args.warmup:
+                meter = RecentRate(step, time.time())   # the adversarial steps' rate, not the warm-up's
             if step % args.log_every == 0 or step == total:
-                print(progress_line(step, total, log, meter.update(step, time.time()), config, scores), flush=True)
+                rate = meter.update(step, time.time())
+                eta = time_left(step, total, rate, args.warmup or 0, step_seconds)
+                print(progress_line(step, total, log, rate, config, scores, eta), flush=True)
             due_eval = step % args.eval_every == 0 or step == total
             due_ckpt = step == total or (step % args.ckpt_every == 0
                                          and time.time() - saved_at >= 60 * args.ckpt_minutes)
