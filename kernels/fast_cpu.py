@@ -322,8 +322,9 @@ def forward_algorithm(c_in, c_out, padded_pixels, out_pixels, mode, k):
     paper's widths, 3 channels out of 128).
     rows (_conv_rows, pixel-major): k GEMMs on an unfolding k times smaller than im2col's, the
     pixels the GEMMs' long side: every layer of at most ROWS_MAX_C_OUT output channels (all of the
-    small preset's: 15-45% faster than the unfolding there), and G's 5 x 5 and 7 x 7 layers at the
-    paper's widths (3-25%).
+    small preset's: forward and backward 10-60% faster than the unfolding on its 16 x 16 and
+    32 x 32 scales, level on the smaller ones), and G's 5 x 5 and 7 x 7 layers at the paper's
+    widths (1-27%).
     unfold (_unfold, one GEMM): the other wide layers (G's 3 x 3, D's), bound by their arithmetic,
     where one GEMM over im2col's columns beats k GEMMs and their sum."""
     if use_taps(c_in, c_out, padded_pixels, out_pixels):
