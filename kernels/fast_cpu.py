@@ -234,7 +234,8 @@ def _sum_kernel_rows(u, w_rows, rows, band):
     if len(w_rows) > 1:
         term = np.empty_like(acc)
         for i in range(1, len(w_rows)):
-            acc += _gemm(u[i * band:i * band + rows], w_rows[i], out=term)
+            _gemm(u[i * band:i * band + rows], w_rows[i], out=term)
+            _on_all_cores(lambda part: np.add(acc[part], term[part], out=acc[part]), rows, acc.size)
     return acc
 
 
