@@ -2,9 +2,9 @@
 
 fast_cpu reorganises the convolutions and the fully connected layers for speed (pixel-major and
 channel-major layouts, a row unfolding, a thin-output algorithm, flipped-kernel 'same' backwards,
-a scratch buffer, copies split across threads); every other op is the reference's own function. Here each reorganised op
-runs on hypothesis-drawn shapes, forward and backward (with the gradient skips the model uses),
-in float64 and float32, against the reference, elementwise:
+a scratch buffer, copies and sums split across threads); every other op is the reference's own
+function. Here each reorganised op runs on hypothesis-drawn shapes, forward and backward (with
+the gradient skips the model uses), in float64 and float32, against the reference, elementwise:
 
     |fast - ref| <= atol + rtol |ref|
     float64: atol 1e-12, rtol 1e-10 (the same sums in another order)
