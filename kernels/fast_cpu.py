@@ -242,9 +242,9 @@ def _sum_kernel_rows(u, w_rows, rows, band):
 def _conv_rows(x, w, pad):
     """The convolution (stride 1, zero padding pad) as k GEMMs, one per kernel row i, each on one
     block of _unfold_rows(x) and their products added: x (N, C, H, W), w (C_out, C, k, k) ->
-    (Ho, N, Wo, C_out), pixel-major. The pixels are the GEMMs' long side (OpenBLAS runs these thin
-    products 15-25% faster that way round than channel-major), and the columns are k times smaller
-    than im2col's, for k - 1 additions of the output."""
+    (Ho, N, Wo, C_out), pixel-major. The pixels are the GEMMs' long side (OpenBLAS, one core, ran
+    the small preset's thin products 14-23% faster that way round than channel-major), and the
+    columns are k times smaller than im2col's, for k - 1 additions of the output."""
     n, c, h, wd = x.shape
     c_out, _, k, _ = w.shape
     ho, wo = h + 2 * pad - k + 1, wd + 2 * pad - k + 1
