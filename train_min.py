@@ -44,7 +44,7 @@ PRESETS = {
                   min_motion=data.MIN_MOTION, pans=0.0),
     # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
     # fit_steps times a few of each kind first): on 2 idle cores (two worker processes, --processes)
-    # 14,000-14,500 G steps at batch 4, or for the adversarial losses 11,000-11,500 (90% G alone at batch 4,
+    # 17,000-17,500 G steps at batch 4, or for the adversarial losses 12,500-13,500 (90% G alone at batch 4,
     # --warmup-batch, then adversarial iterations at batch 8, each about 4x the time of a G-alone
     # step). Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
     # minutes of a slower moment of this machine: on the validation draw 10,000 adversarial steps
@@ -622,10 +622,9 @@ def time_left(step, total, rate, warmup=0, step_seconds=None):
     return left / max(rate, 1e-9)
 
 
-def progress_line(step, total, log, rate, config, scores=None, seconds_left=None):
+def progress_line(step, total, log, rate, seconds_left, config, scores=None):
     """One progress line: the loss terms of this step, D's, the last evaluation against copying the
-    last input (its step in brackets), steps/s over the last minute and the time left (seconds_left,
-    else the steps left at this rate)."""
+    last input (its step in brackets), steps/s over the last minute and the time left (time_left)."""
     terms = [f"lp {log['g_lp']:.4f}"]
     terms += [f"gdl {log['g_gdl']:.4f}"] if config["lam_gdl"] else []
     terms += [f"adv {log['g_adv']:.3f}"] if config["lam_adv"] else []
@@ -636,7 +635,6 @@ def progress_line(step, total, log, rate, config, scores=None, seconds_left=None
         parts.append(f"held-out PSNR {scores['psnr'] - scores['psnr_last']:+.2f} dB, "
                      f"sharpness {scores['sharp'] - scores['sharp_last']:+.2f} dB vs copying "
                      f"(eval step {scores['step']})")
-    seconds_left = time_left(step, total, rate) if seconds_left is None else seconds_left
     parts.append(f"{rate:.2f} steps/s, ETA {format_eta(seconds_left)}")
     return " | ".join(parts)
 
@@ -971,7 +969,7 @@ def run(args, given=frozenset()):
             if step % args.log_every == 0 or step == total:
                 rate = meter.update(step, time.time())
                 eta = time_left(step, total, rate, args.warmup or 0, step_seconds)
-                print(progress_line(step, total, log, rate, config, scores, eta), flush=True)
+                print(progress_line(step, total, log, rate, eta, config, scores), flush=True)
             due_eval = step % args.eval_every == 0 or step == total
             due_ckpt = step == total or (step % args.ckpt_every == 0
                                          and time.time() - saved_at >= 60 * args.ckpt_minutes)
