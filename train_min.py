@@ -44,9 +44,10 @@ PRESETS = {
                   min_motion=data.MIN_MOTION, pans=0.0),
     # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
     # fit_steps times a few of each kind first): on 2 idle cores (two worker processes, --processes)
-    # 17,000-17,500 G steps at batch 4, or for the adversarial losses 12,500-13,500 (90% G alone at batch 4,
-    # --warmup-batch, then adversarial iterations at batch 8, each about 4x the time of a G-alone
-    # step). Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
+    # 17,000-17,500 G steps at batch 4, or for the adversarial losses about 8,000 (90% G alone,
+    # then adversarial iterations, all at batch 8; an Algorithm 1 iteration takes about 2x the time of a
+    # G-alone step). Until stop 32 G's warm-up ran at batch 4 (--warmup-batch 4), 12,500-13,500 steps in
+    # the 10 minutes, which the 8,000 at batch 8 beat on the validation draws. Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
     # minutes of a slower moment of this machine: on the validation draw 10,000 adversarial steps
     # scored +0.12 dB PSNR and +0.20 dB sharpness over 7,500, and 15,000 +0.25 / +0.38 dB.
     # warmup: the fraction of an adversarial run in which
@@ -189,8 +190,7 @@ def build_parser():
                    help="adversarial losses: train G alone on its l_p + GDL terms for STEPS steps before D joins "
                         "(default: by preset: paper and paper_adam 0, small 90%% of the steps)")
     p.add_argument("--warmup-batch", type=natural, default=None, metavar="B",
-                   help="minibatch of G's warm-up steps (default: 4, the paper's minibatch without the adversarial "
-                        "loss; --batch when that is given)")
+                   help="minibatch of G's warm-up steps (default: --batch)")
     p.add_argument("--d-in-warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="D trains during G's warm-up too (its term joins G's loss after the warm-up), so it is "
                         "already a useful critic when it joins (default: by preset)")
@@ -800,10 +800,11 @@ def run(args, given=frozenset()):
         raise RunError(str(e)) from e
     args, params, config, start, rng, saved_opt = set_up_run(args, given, ops)
     batch = args.batch = args.batch or (8 if config["lam_adv"] else 4)
-    # G's warm-up trains l_p + GDL alone, so it takes the paper's minibatch for those losses (4, section 4.1)
-    # rather than the adversarial one; runs saved before this flag warmed up at --batch.
+    # G's warm-up takes the adversarial minibatch (8) by default: in the same minutes, 8,000 steps at 8 ended
+    # ahead of 12,500 at 4 (the paper's minibatch without the adversarial loss) on the validation draws
+    # (README, "Training in minutes"); a resumed run keeps its own.
     if args.warmup_batch is None:
-        args.warmup_batch = 4 if "batch" not in given and not args.resume else batch
+        args.warmup_batch = batch
     m, n = config["m"], config["n"]
     try:
         source = data.open_source(args.data, split_list=args.split_list, seed=args.seed, min_motion=args.min_motion,

@@ -415,8 +415,9 @@ def test_train_d_in_warmup_trains_d_from_the_first_step(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, sizes", [
-    ([], [(None, 4), (None, 4), (8, 8), (8, 8)]),                 # warm-up at 4 (G alone), then 8 (section 4.1)
+    ([], [(None, 8), (None, 8), (8, 8), (8, 8)]),                 # G alone, then Algorithm 1, at the adversarial batch
     (["--batch", "2"], [(None, 2), (None, 2), (2, 2), (2, 2)]),   # a given --batch holds for the warm-up too
+    (["--warmup-batch", "4"], [(None, 4), (None, 4), (8, 8), (8, 8)]),   # the preset until stop 32
     (["--batch", "2", "--warmup-batch", "3"], [(None, 3), (None, 3), (2, 2), (2, 2)]),
 ])
 def test_train_warmup_batch(tmp_path, monkeypatch, capsys, extra, sizes):
