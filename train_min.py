@@ -44,12 +44,14 @@ PRESETS = {
                   min_motion=data.MIN_MOTION, pans=0.0),
     # minutes: the run's length is the steps that fill 10 minutes on the machine at hand (--minutes;
     # fit_steps times a few of each kind first): on 2 idle cores (two worker processes, --processes)
-    # 17,000-17,500 G steps at batch 4, or for the adversarial losses about 8,000 (90% G alone,
-    # then adversarial iterations, all at batch 8; an Algorithm 1 iteration takes about 2x the time of a
-    # G-alone step). Until stop 32 G's warm-up ran at batch 4 (--warmup-batch 4), 12,500-13,500 steps in
-    # the 10 minutes, which the 8,000 at batch 8 beat on the validation draws. Until stop 30 the preset's steps were fixed (10000, adversarial 7500), fitted to 10
-    # minutes of a slower moment of this machine: on the validation draw 10,000 adversarial steps
-    # scored +0.12 dB PSNR and +0.20 dB sharpness over 7,500, and 15,000 +0.25 / +0.38 dB.
+    # 16,500-17,500 G steps at batch 4 (l2, gdl_l1: at batch 8, 9,000 steps scored 0.3 dB lower on the
+    # validation draws), or for the adversarial losses about 8,000 (90% G alone, then Algorithm 1's
+    # iterations, all at batch 8; an iteration takes about 2x the time of a G-alone step). Until stop 32
+    # G's warm-up ran at batch 4 (--warmup-batch 4), 12,500-13,500 steps in the 10 minutes, which the
+    # 8,000 at batch 8 beat on the validation draws. Until stop 30 the preset's steps were fixed (10000,
+    # adversarial 7500), fitted to 10 minutes of a slower moment of this machine: on the validation
+    # draw 10,000 adversarial steps scored +0.12 dB PSNR and +0.20 dB sharpness over 7,500, and 15,000
+    # +0.25 / +0.38 dB.
     # warmup: the fraction of an adversarial run in which
     # G trains alone on l_p + GDL before D joins. On the validation draw, a 5000-step warm-up at
     # batch 4 beat the former 2400 at batch 8 (+0.11 dB PSNR, +0.08 dB sharpness), and giving D
