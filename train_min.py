@@ -615,7 +615,7 @@ class BatchPrefetcher:
 def time_left(step, total, rate, warmup=0, step_seconds=None):
     """Seconds until step `total` at `rate` steps/s (the current phase's). Before step `warmup`, with
     step_seconds = (a warm-up step's seconds, an adversarial one's) as fit_steps timed them, the
-    adversarial steps still ahead count at their own cost (about 4 warm-up steps each in the small
+    adversarial steps still ahead count at their own cost (about 2 warm-up steps each in the small
     preset); without them (--steps) every step left counts at the warm-up's rate."""
     left = total - step
     if step_seconds and step < warmup:
