@@ -802,9 +802,8 @@ def run(args, given=frozenset()):
         raise RunError(str(e)) from e
     args, params, config, start, rng, saved_opt = set_up_run(args, given, ops)
     batch = args.batch = args.batch or (8 if config["lam_adv"] else 4)
-    # G's warm-up takes the adversarial minibatch (8) by default: in the same minutes, 8,000 steps at 8 ended
-    # ahead of 12,500 at 4 (the paper's minibatch without the adversarial loss) on the validation draws
-    # (README, "Training in minutes"); a resumed run keeps its own.
+    # G's warm-up at the run's minibatch unless --warmup-batch says otherwise (why: PRESETS' comment);
+    # a resumed run keeps its own.
     if args.warmup_batch is None:
         args.warmup_batch = batch
     m, n = config["m"], config["n"]
