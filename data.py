@@ -7,6 +7,7 @@ X (batch, 3m, patch, patch) and Y (batch, 3n, patch, patch); ``source.test_clips
 held-out set (count, length, 3, H, W). Training patches are kept only when they move enough
 (paper section 4.1): see ``motion`` and ``MIN_MOTION``.
 """
+import contextlib
 import functools
 import os
 import re
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".wmv")   # imageio's ffmpeg plugin reads these
+# imageio's ffmpeg plugin reads these; animated .gif files are read through Pillow (the plugin refuses them)
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".mpg", ".mpeg", ".wmv", ".gif")
 UNREAD_VIDEO_EXTS = (".m4v", ".3gp", ".flv", ".ogv", ".mts", ".m2ts")   # it refuses these: a warning says so
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 MIN_MOTION = 1e-3  # default threshold on motion(): mean squared frame difference on [-1, 1]
@@ -174,10 +176,9 @@ def read_frames(path, last=None, max_bytes=None):
         raise DataError(f"{p}: {_unread_hint(p)}")
     if p.suffix.lower() not in VIDEO_EXTS:
         raise DataError(f"not a video ({'/'.join(VIDEO_EXTS)}) or frame folder: {p}")
-    import imageio.v2 as iio
     frames, decoded, more = ([] if last is None else deque(maxlen=int(last))), 0, False
     try:
-        with iio.get_reader(str(p), format="FFMPEG", output_params=_frames_as_stored()) as reader:
+        with contextlib.closing(_decoded(p)) as reader:
             for frame in reader:
                 if _full(frames, max_bytes, last):
                     more = True
@@ -194,6 +195,20 @@ def read_frames(path, last=None, max_bytes=None):
         raise DataError(f"video {p} has no frames")
     _warn_if_cut(p, frames, len(frames) + more, max_bytes)
     return _stack_freeing(frames)
+
+
+def _decoded(path):
+    """A video file's frames in order, each as its decoder gives it: a .gif's through Pillow (each
+    frame as shown, earlier frames under its transparent pixels), the others through imageio's ffmpeg plugin."""
+    if path.suffix.lower() == ".gif":
+        from PIL import Image, ImageSequence
+        with Image.open(path) as im:
+            for frame in ImageSequence.Iterator(im):
+                yield np.asarray(frame.convert("RGB"))
+        return
+    import imageio.v2 as iio
+    with iio.get_reader(str(path), format="FFMPEG", output_params=_frames_as_stored()) as reader:
+        yield from reader
 
 
 @functools.lru_cache(maxsize=1)

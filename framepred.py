@@ -1012,7 +1012,7 @@ def build_parser():
     p.add_argument("--checkpoint", required=True, metavar="C",
                    help="run folder of train_min.py or its checkpoint.npz")
     p.add_argument("--input", required=True, metavar="PATH",
-                   help="video file (.mp4 .avi .mkv .mov .webm .mpg .wmv) or folder of .png/.jpg frames (natural order)")
+                   help="video file (.mp4 .avi .mkv .mov .webm .mpg .mpeg .wmv .gif) or folder of .png/.jpg frames (natural order)")
     p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",
                    help="number of frames to predict (default %(default)s)")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")

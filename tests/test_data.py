@@ -233,6 +233,22 @@ def test_data_read_frames_video_and_frame_folder(ucf, tmp_path):
     assert data.read_frames(g).shape == (3, 8, 8, 3)
 
 
+def test_data_read_frames_animated_gif(tmp_path):
+    """An animated GIF, read through Pillow (imageio's ffmpeg plugin refuses .gif): every frame whole,
+    last= keeps the last ones, a folder search finds it, and a corrupt one is named in the error."""
+    frames = moving_square() // 64 * 64          # 9 colours: a GIF's palette holds them exactly
+    images = [Image.fromarray(f) for f in frames]
+    gif = tmp_path / "clip.gif"
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=100, loop=0)
+    assert np.array_equal(data.read_frames(gif), frames)
+    assert np.array_equal(data.read_frames(gif, last=3), frames[-3:])
+    assert data.find_videos(tmp_path) == [gif]
+    bad = tmp_path / "bad.gif"
+    bad.write_bytes(b"GIF89a" + bytes(50))
+    with pytest.raises(DataError, match="bad.gif"):
+        data.read_frames(bad)
+
+
 def test_data_stack_freeing_holds_a_video_once():
     """read_frames' stacking: np.stack's result, with the decoded frames let go of as they are copied
     (the caller's list or deque is emptied), so a video is not held twice at its peak."""
