@@ -676,6 +676,11 @@ def describe_checkpoint(config, state):
             + (f", G's weights averaged (ema {ema:g})" if ema else ""))
 
 
+def trained_on_synthetic_videos(state):
+    """Whether a checkpoint's run trained on data.SyntheticVideos (no --data); False without training state."""
+    return bool(state) and not state.get("args", {}).get("data")
+
+
 def load_checkpoint(path, expect_config=None):
     """-> (params as float32 NumPy arrays, config, state or None). When the checkpoint holds
     Adam's moments, state["optimizer"] is {net: {"t", "m", "v"}} (see save_checkpoint), with G's
@@ -946,6 +951,10 @@ def predict(args):
         params, config, state = load_checkpoint(ckpt)
         params = checkpoint_weights(params, state)
         print(f"checkpoint {ckpt}: {describe_checkpoint(config, state)}")
+        if trained_on_synthetic_videos(state):
+            print("note: this model was trained on the synthetic videos alone; on natural video such a model "
+                  "predicts far worse than copying the last frame (README \"Real video\"): for videos like yours, "
+                  "train on some with train_min.py --data")
         m = config["m"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)

@@ -484,7 +484,10 @@ def test_the_run_evaluates_saves_and_predicts_with_gs_averaged_weights(tmp_path,
         Image.fromarray(frame).save(folder / f"f{i}.png")
     assert fp.main(["predict", "--checkpoint", out, "--input", str(folder), "--frames", "1",
                     "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
-    assert "G's weights averaged (ema 0.5)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "G's weights averaged (ema 0.5)" in printed
+    assert "note: this model was trained on the synthetic videos alone" in printed      # no --data
+    assert not fp.trained_on_synthetic_videos({"args": {"data": "videos"}}) and not fp.trained_on_synthetic_videos(None)
     want = fp.generator_forward(ops_cpu(), averaged, config, data.stack_frames(data.to_unit(frames).transpose(0, 3, 1, 2))[None])[0][4][0]
     with Image.open(tmp_path / "pred" / "pred_1.png") as im:
         got = np.asarray(im.convert("RGB")).astype(int)
