@@ -747,7 +747,7 @@ def open_source(path=None, *, split_list=None, every_nth=1, subset="train", seed
         raise DataError(f"the fraction of camera pans must be a number in [0, 1], got {pans!r}")
     if path is None:
         if split_list is not None:
-            raise DataError("a split list needs a video folder (path)")
+            raise DataError("a split list (--split-list) names videos of a folder: give the folder with --data")
         return SyntheticVideos(seed, min_motion=min_motion, pans=pans)
     return VideoFolder(path, split_list=split_list, every_nth=every_nth, subset=subset, cache_mib=cache_mib,
                        min_motion=min_motion, pans=pans)

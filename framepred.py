@@ -492,8 +492,14 @@ def averaged_weights(params, opt):
 
 def checkpoint_weights(params, state):
     """The model a checkpoint holds (params and state of load_checkpoint): its weights, with G's
-    average in place of G's last weights when its run kept one (what the run evaluated)."""
-    return averaged_weights(params, (state or {}).get("optimizer"))
+    average in place of G's last weights when its run kept one (what the run evaluated). A
+    CheckpointError when they hold NaN or inf (a run that diverged predicts nothing but NaN)."""
+    weights = averaged_weights(params, (state or {}).get("optimizer"))
+    bad = [key for key, w in weights.items() if not np.isfinite(w).all()]
+    if bad:
+        raise CheckpointError(f"the checkpoint's weights hold NaN or inf ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): its run diverged; train again, e.g. with a lower --lr-g")
+    return weights
 
 
 def saved_ema_beta(state):
@@ -714,7 +720,11 @@ def load_checkpoint(path, expect_config=None):
                  for key in ARCHITECTURE_KEYS if config.get(key) != expect_config.get(key)]
         if diffs:
             raise CheckpointError(f"checkpoint {path} does not match this model: " + "; ".join(diffs))
-    shapes = parameter_shapes(config)
+    try:
+        shapes = parameter_shapes(config)
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CheckpointError(f"checkpoint {path} has a broken config ({type(e).__name__}: {e}; "
+                              f"{NOT_A_CHECKPOINT})") from e
     missing = sorted(set(shapes) - set(arrays))
     extra = sorted(set(arrays) - set(shapes))
     wrong = [f"{key} is {arrays[key].shape}, expected {shapes[key]}" for key in shapes
@@ -955,6 +965,7 @@ def predict(args):
             print("note: this model was trained on the synthetic videos alone; on natural video such a model "
                   "predicts far worse than copying the last frame (README \"Real video\"): for videos like yours, "
                   "train on some with train_min.py --data")
+        check_output_folder(args.out, PredictError, "the predicted frames")
         m = config["m"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
@@ -986,7 +997,7 @@ def predict(args):
               f"{max(x1 - x0 for (_, _, x0, x1), _ in tiles)}x{max(y1 - y0 for (y0, y1, _, _), _ in tiles)} "
               f"px (--memory {args.memory:g} MiB; overlap {tile_margin(config)} px, G's receptive field)")
         preds = predict_frames(ops, params, config, history, args.frames, memory)
-        os.makedirs(args.out, exist_ok=True)
+        make_output_folder(args.out, PredictError)
         paths = []
         for i, p in enumerate(preds, 1):
             paths.append(os.path.join(args.out, f"pred_{i}.png"))
@@ -1018,13 +1029,13 @@ def build_parser():
                                    "DIR/predictions.gif (the m input frames, then the predictions). Sides that "
                                    "do not divide by 8 are padded by edge replication for the generator and "
                                    "the predictions cropped back.")
-    p.add_argument("--checkpoint", required=True, metavar="C",
+    p.add_argument("--checkpoint", required=True, metavar="C", type=path_text,
                    help="run folder of train_min.py or its checkpoint.npz")
-    p.add_argument("--input", required=True, metavar="PATH",
+    p.add_argument("--input", required=True, metavar="PATH", type=path_text,
                    help="video file (.mp4 .avi .mkv .mov .webm .mpg .mpeg .wmv .gif) or folder of .png/.jpg frames (natural order)")
     p.add_argument("--frames", type=int_at_least(1), default=1, metavar="K",
                    help="number of frames to predict (default %(default)s)")
-    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
+    p.add_argument("--out", default="predictions", metavar="DIR", type=path_text, help="output folder (default %(default)s)")
     p.add_argument("--device", choices=list(DEVICES), default="auto",
                    help="auto, cpu, gpu, or reference (the plain NumPy ops) (default %(default)s)")
     p.add_argument("--memory", type=positive_float, default=DEFAULT_TILE_MEMORY / 2 ** 20, metavar="MIB",
@@ -1032,6 +1043,52 @@ def build_parser():
                         "frame runs in more tiles, not in more memory (default %(default)g)")
     p.set_defaults(func=predict)
     return parser
+
+
+def number_in(low=-np.inf, high=np.inf, above=False, below=False):
+    """An argparse type: a finite number in [low, high] (above: > low; below: < high), else a usage
+    error saying so (NaN, inf and a negative learning rate are refused before anything runs)."""
+    import argparse
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}")
+        if not np.isfinite(v):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        if v < low or (above and v == low):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {low:g}, got {v:g}")
+        if v > high or (below and v == high):
+            raise argparse.ArgumentTypeError(f"must be {'below' if below else 'at most'} {high:g}, got {v:g}")
+        return v
+    return parse
+
+
+def check_output_folder(path, error, contents="the outputs"):
+    """Before any work, refuse (error(...)) an --out that is a file or lies inside one; creates nothing."""
+    above = path
+    while above and not os.path.exists(above):           # the nearest part of the path that exists
+        above = os.path.dirname(above.rstrip(os.sep))
+    if above and not os.path.isdir(above):
+        where = "is a file" if above == path else f"is inside {above}, which is a file"
+        raise error(f"--out {path} {where}; give a folder for {contents}")
+
+
+def make_output_folder(path, error):
+    """Create the --out folder, or raise error(...) naming the flag and why."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise error(f"--out {path}: cannot make the output folder there ({e.strerror or e})") from e
+
+
+def path_text(text):
+    """An argparse type for a file or folder: any text but the empty one (which would mean the current folder)."""
+    import argparse
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder")
+    return text
 
 
 def int_at_least(low):
@@ -1072,7 +1129,12 @@ def run_command(parser, argv=None):
         return 2
     with warnings.catch_warnings():
         warnings.showwarning = show_warning        # one line per warning, no source line
-        return args.func(args)
+        try:
+            return args.func(args)
+        except MemoryError as e:
+            print(f"error: out of memory ({e}): ask for less (fewer --clips or --frames, a smaller --size or "
+                  f"--memory)", file=sys.stderr)
+            return 1
 
 
 def main(argv=None):

@@ -903,6 +903,7 @@ def evaluate(args):
             raise EvaluationError(f"--size {args.size[0]} {args.size[1]}: each side must be a multiple of 8 "
                                   f"(the generator's four scales) and at least 16 (SSIM's 11x11 window)")
         models = load_models(args.checkpoint)
+        framepred.check_output_folder(args.out, EvaluationError, "the tables and figures")
         for md in models:
             progress(f"model {md['name']}: {md['path']} (m={md['config']['m']}, n={md['config']['n']}"
                      + (f"; G's weights averaged, ema {md['ema']:g})" if md.get("ema") else ")"))
@@ -923,7 +924,7 @@ def evaluate(args):
                                   f"pass --size")
         progress(f"test set: {described}")
         ops = load_backend(args.device)
-        os.makedirs(args.out, exist_ok=True)
+        framepred.make_output_folder(args.out, EvaluationError)
         t0 = time.time()
         progress(f"moving-area masks: our optical flow of {len(clips)} clips, 2 frame pairs each, at "
                  f"{clips.shape[-2]}x{clips.shape[-1]} (HxW; minutes on large frames) ...")
@@ -1003,12 +1004,12 @@ def build_parser():
                     "predicted frame, on whole frames and on moving areas (paper section 4.2, Table 2). "
                     "Prints the table and writes DIR/table.md, DIR/table.csv, DIR/figure4_clip{i}.png "
                     "and DIR/clip{i}.gif.")
-    p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", help="run folders of train_min.py or "
+    p.add_argument("--checkpoint", nargs="+", required=True, metavar="C", type=framepred.path_text, help="run folders of train_min.py or "
                    "their checkpoint.npz files; each model reads its own last m frames, so models with "
                    "different m can be compared")
-    p.add_argument("--data", metavar="PATH", help="folder of videos (its test subset), or one video file "
+    p.add_argument("--data", metavar="PATH", type=framepred.path_text, help="folder of videos (its test subset), or one video file "
                    "(its last 20%% of frames); default: the synthetic held-out clips")
-    p.add_argument("--split-list", metavar="F", help="UCF101-style test list for --data (e.g. testlist01.txt)")
+    p.add_argument("--split-list", metavar="F", type=framepred.path_text, help="UCF101-style test list for --data (e.g. testlist01.txt)")
     p.add_argument("--val", action="store_true", help="score on the synthetic videos' validation draw instead "
                    "of their test clips (for choosing settings without looking at the test set)")
     p.add_argument("--every-nth", type=_positive_int, default=10, metavar="N",
@@ -1018,7 +1019,7 @@ def build_parser():
                    "(multiples of 8); default: the whole frame (synthetic: 64x64)")
     p.add_argument("--device", choices=list(DEVICES), default="auto",
                    help="auto, cpu, gpu, or reference (the plain NumPy ops) (default %(default)s)")
-    p.add_argument("--out", default="evaluation", metavar="DIR", help="output folder (default %(default)s)")
+    p.add_argument("--out", default="evaluation", metavar="DIR", type=framepred.path_text, help="output folder (default %(default)s)")
     p.add_argument("--batch", type=_positive_int, default=4, metavar="B",
                    help="clips per generator pass (default %(default)s)")
     p.add_argument("--figures", type=_count, default=3, metavar="K",
@@ -1027,7 +1028,7 @@ def build_parser():
                    help="frames whose optical flow makes the moving-area mask: 'truth' = (t+k-1, t+k) for "
                         "predicted frame t+k (our reading of the authors' test script); 'inputs' = the last two "
                         "input frames (default %(default)s)")
-    p.add_argument("--motion-threshold", type=float, default=MOTION_THRESHOLD, metavar="PX",
+    p.add_argument("--motion-threshold", type=framepred.number_in(0), default=MOTION_THRESHOLD, metavar="PX",
                    help="flow magnitude (pixels) above which a pixel is moving (default %(default)s; "
                         "--protocol paper)")
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="paper",

@@ -123,18 +123,18 @@ def build_parser():
                    help="paper: Table 1's widths and the paper's SGD; paper_adam: the same widths with Adam; "
                         "small: 1/8 of the widths, Adam, the steps that fill 10 minutes (--minutes). Default: paper_adam on a GPU, "
                         "small on a CPU")
-    p.add_argument("--data", default=None,
+    p.add_argument("--data", default=None, type=fp.path_text,
                    help="a folder of videos or frame folders, or one video file (default: synthetic videos)")
-    p.add_argument("--split-list", default=None, help="UCF101-style list of test videos, kept out of training")
-    p.add_argument("--min-motion", type=float, default=None, metavar="T",
+    p.add_argument("--split-list", default=None, type=fp.path_text, help="UCF101-style list of test videos, kept out of training")
+    p.add_argument("--min-motion", type=fp.number_in(0), default=None, metavar="T",
                    help="keep a training patch only when its frames move: mean squared difference of consecutive "
                         f"frames on [-1, 1] above T (section 4.1; 0 keeps every patch, still ones too) (default: "
                         f"{data.MIN_MOTION:g})")
-    p.add_argument("--pans", type=float, default=None, metavar="F",
+    p.add_argument("--pans", type=fp.number_in(0, 1), default=None, metavar="F",
                    help="the fraction of training samples that are camera pans, a patch moved at a random speed "
                         "over one frame of a training video or a synthetic frame (data.pan_clip; not the paper's) "
                         "(default: 0; small and paper_adam 0.5 on --data videos)")
-    p.add_argument("--out", default="runs/latest",
+    p.add_argument("--out", default="runs/latest", type=fp.path_text,
                    help="run folder: checkpoint, logs, sample grids (default: %(default)s). A folder that holds "
                         "another run is refused unless --force")
     p.add_argument("--force", action="store_true",
@@ -155,8 +155,8 @@ def build_parser():
     p.add_argument("--m", type=natural, default=4, help="input frames (default: %(default)s)")
     p.add_argument("--n", type=natural, default=1, help="predicted frames (default: %(default)s)")
     p.add_argument("--single-scale", action="store_true", help="scale 4 alone, no coarse input")
-    p.add_argument("--width", type=float, default=None, help="feature-map multiplier (default: by preset)")
-    p.add_argument("--d-width", type=float, default=None,
+    p.add_argument("--width", type=fp.number_in(0, 8, above=True), default=None, help="feature-map multiplier (default: by preset)")
+    p.add_argument("--d-width", type=fp.number_in(0, 8, above=True), default=None,
                    help="D's feature-map multiplier when it differs from G's (default: by preset)")
     p.add_argument("--seed", type=count, default=0,
                    help="seeds the initial weights and the draw of training samples; with the synthetic videos "
@@ -164,18 +164,18 @@ def build_parser():
                         "seed 0's) (default: %(default)s)")
     p.add_argument("--p", type=int, choices=[1, 2], default=None, help="override the preset's l_p exponent")
     p.add_argument("--alpha", type=int, choices=[1, 2], default=None, help="override the preset's GDL exponent")
-    p.add_argument("--lam-lp", type=float, default=None, help="override the preset's lambda_lp")
-    p.add_argument("--lam-gdl", type=float, default=None, help="override the preset's lambda_gdl")
-    p.add_argument("--lam-adv", type=float, default=None, help="override the preset's lambda_adv")
+    p.add_argument("--lam-lp", type=fp.number_in(0), default=None, help="override the preset's lambda_lp")
+    p.add_argument("--lam-gdl", type=fp.number_in(0), default=None, help="override the preset's lambda_gdl")
+    p.add_argument("--lam-adv", type=fp.number_in(0), default=None, help="override the preset's lambda_adv")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, the others adam)")
-    p.add_argument("--lr-g", type=float, nargs=2, default=None, metavar=("START", "END"),
+    p.add_argument("--lr-g", type=fp.number_in(0, above=True), nargs=2, default=None, metavar=("START", "END"),
                    help="rho_G, lowered geometrically from START to END over the run (default: sgd "
                         f"{_rates_text(LEARNING_RATES['sgd']['lr_g'])} as in the paper; adam "
                         f"{_rates_text(LEARNING_RATES['adam']['lr_g'])}, in the small preset "
                         f"{_rates_text(PRESETS['small']['lr_g'])})")
-    p.add_argument("--lr-d", type=float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
-    p.add_argument("--ema", type=float, default=None, metavar="BETA",
+    p.add_argument("--lr-d", type=fp.number_in(0, above=True), default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
+    p.add_argument("--ema", type=fp.number_in(0, 1, below=True), default=None, metavar="BETA",
                    help="with Adam, also keep G's weights averaged over its steps, avg <- b avg + (1 - b) W after "
                         "step t with b = min(BETA, (1 + t) / (10 + t)) (Adam's temporal averaging, Kingma & Ba "
                         "section 7.2, with a beta that grows; not the paper's), and evaluate, draw "
@@ -213,11 +213,11 @@ def build_parser():
                    help="the evaluations during training score the centre SIDE x SIDE of larger held-out "
                         "frames, so that scoring stays a small part of the run (0: whole frames; "
                         "`python metrics.py evaluate` scores whole frames; default: %(default)s)")
-    p.add_argument("--resume", metavar="RUN", default=None,
+    p.add_argument("--resume", metavar="RUN", default=None, type=fp.path_text,
                    help="continue a run (its folder or its checkpoint.npz) to its --steps, with its own flags; "
                         "only --steps, --device, --processes, --log-every, --eval-every, --ckpt-every and --ckpt-minutes "
                         "may change")
-    p.add_argument("--init", metavar="RUN", default=None,
+    p.add_argument("--init", metavar="RUN", default=None, type=fp.path_text,
                    help="start from a run's G (its folder or its checkpoint.npz), and its D when the patch size "
                         "matches, e.g. 64x64 fine-tuning")
     p.add_argument("--bench", type=count, default=0, metavar="N", help="time N iterations after a warm-up and exit")
@@ -328,9 +328,9 @@ def init_from_checkpoint(path, config, seed):
     """G from the checkpoint (its architecture must match); D too when the patch size matches."""
     try:
         loaded, old, state = fp.load_checkpoint(path)
+        loaded = fp.checkpoint_weights(loaded, state)   # the run's averaged G, if it kept one
     except fp.CheckpointError as e:
         raise RunError(str(e)) from e
-    loaded = fp.checkpoint_weights(loaded, state)       # the run's averaged G, if it kept one
     g_keys = ["m", "n", "scales", "target", "g_maps", "g_kernels"]
     diffs = [f"{k}: checkpoint {old.get(k)!r}, this run {config[k]!r}" for k in g_keys if old.get(k) != config[k]]
     if diffs:
@@ -526,13 +526,7 @@ def previous_run_files(out):
 def check_run_folder(out, force):
     """Refuse (RunError) an --out that is a file, or that holds another run unless force.
     -> the earlier run's files, which the new run removes just before it writes its own."""
-    above = out
-    while above and not os.path.exists(above):           # the nearest part of the path that exists
-        above = os.path.dirname(above.rstrip(os.sep))
-    if above and not os.path.isdir(above):
-        where = "is a file" if above == out else f"is inside {above}, which is a file"
-        raise RunError(f"--out {out} {where}; give a folder for the run (it receives checkpoint.npz, "
-                       f"eval.jsonl, curves.png and samples/)")
+    fp.check_output_folder(out, RunError, "the run (it receives checkpoint.npz, eval.jsonl, curves.png and samples/)")
     old = previous_run_files(out)
     if old and not force:
         what = "another run"
@@ -1018,6 +1012,10 @@ def main(argv=None):
             return run(args, given_flags(parser, argv))
         except (RunError, data.DataError) as e:
             print(f"error: {e}", file=sys.stderr)
+            return 1
+        except MemoryError as e:
+            print(f"error: out of memory ({e}): ask for less (a smaller --patch, --batch, --width or "
+                  f"--eval-clips)", file=sys.stderr)
             return 1
 
 

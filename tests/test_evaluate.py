@@ -4,6 +4,7 @@ videos. The CLIs run in-process through main(argv) (fast); one subprocess each c
 status and that errors come without a traceback."""
 import csv
 import importlib
+import json
 import math
 import os
 import subprocess
@@ -342,25 +343,66 @@ def test_predict_pad_and_multi_frame_passes():
     np.testing.assert_allclose(got[2], y[:3], atol=1e-6)
 
 
+def rewritten_checkpoint(src, dest, edit):
+    """A copy of checkpoint src at dest with edit(arrays) applied to its arrays (config included)."""
+    with np.load(src) as z:
+        arrays = {key: z[key] for key in z.files}
+    edit(arrays)
+    np.savez(dest, **arrays)
+    return str(dest)
+
+
 def test_predict_errors(ckpts, odd_video, tmp_path, capsys):
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"\x00" * 64)
     short = frame_folder(str(tmp_path / "short"), synthetic_frames(5, 3, 16, 16))   # 3 < m = 4
+
+    def drop_g_maps(arrays):
+        arrays["config"] = np.array(json.dumps({k: v for k, v in json.loads(str(arrays["config"])).items()
+                                                if k != "g_maps"}))
+
+    def nan_weight(arrays):
+        key = next(k for k in arrays if k.startswith("G/"))
+        arrays[key] = arrays[key] * np.nan                      # as a run that diverged would leave it
+    no_g_maps = rewritten_checkpoint(ckpts[0], tmp_path / "no_g_maps.npz", drop_g_maps)
+    diverged = rewritten_checkpoint(ckpts[0], tmp_path / "diverged.npz", nan_weight)
+    (tmp_path / "a_file").write_text("")
     cases = [
         ([str(tmp_path / "missing.npz"), odd_video], "checkpoint not found"),
         ([str(bad), odd_video], "cannot read checkpoint"),
+        ([no_g_maps, odd_video], "has a broken config (KeyError: 'g_maps'"),
+        ([diverged, odd_video], "weights hold NaN or inf"),
         ([ckpts[0], str(tmp_path / "missing.mp4")], "does not exist"),
         ([ckpts[0], short], "needs at least m = 4 input frames"),
         ([ckpts[0], str(bad)], "not a video"),
+        ([ckpts[0], odd_video, str(tmp_path / "a_file")], "is a file; give a folder for the predicted frames"),
     ]
-    for (ckpt, inp), message in cases:
-        rc = fp.main(["predict", "--checkpoint", ckpt, "--input", inp, "--out", str(tmp_path / "o"),
+    for (ckpt, inp, *out), message in cases:
+        rc = fp.main(["predict", "--checkpoint", ckpt, "--input", inp, "--out", (out or [str(tmp_path / "o")])[0],
                       "--device", "cpu"])
         err = capsys.readouterr().err
         assert rc == 1, (ckpt, inp)
         assert "error: " in err and message in err, (message, err)
         assert "Traceback" not in err
     assert not os.path.exists(tmp_path / "o")                   # nothing written on an error
+
+
+def test_predict_and_evaluate_out_of_memory_and_bad_flags(ckpts, odd_video, tmp_path, capsys, monkeypatch):
+    """Out of memory: one line naming the sizes to lower, exit 1; a motion threshold that is not a
+    finite number >= 0, or an empty --out: a usage error (2) before anything runs."""
+    def no_memory(*args, **kwargs):
+        raise MemoryError("Unable to allocate 103. GiB")
+    monkeypatch.setattr(fp, "predict_frames", no_memory)
+    rc = fp.main(["predict", "--checkpoint", ckpts[0], "--input", odd_video, "--out", str(tmp_path / "o"),
+                  "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "error: out of memory (Unable to allocate 103. GiB): ask for less" in err
+    for flags, message in [(["--motion-threshold", "nan"], "--motion-threshold: must be a finite number"),
+                           (["--motion-threshold", "-1"], "--motion-threshold: must be at least 0"),
+                           (["--out", ""], "--out: an empty path")]:
+        with pytest.raises(SystemExit) as exit_:
+            metrics.main(["evaluate", "--checkpoint", ckpts[0], "--clips", "2"] + flags)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_predict_subprocess_exit_status(ckpts, tmp_path):
