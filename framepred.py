@@ -114,7 +114,8 @@ def d_flat_sizes(config):
             side //= 2
         if side < 1:
             raise ValueError(f"patch {config['patch']} is too small for D at scale {k}: its unpadded "
-                             f"convolutions {config['d_kernels'][j]} leave nothing; use a patch of 32 or more")
+                             f"convolutions {config['d_kernels'][j]} leave nothing; use a patch of 32 or more (every "
+                             f"model holds a D, whatever its loss, so that --init can carry it on)")
         sizes.append(config["d_maps"][j][-1] * side * side)
     return sizes
 
@@ -1083,6 +1084,9 @@ def make_output_folder(path, error):
         raise error(f"--out {path}: cannot make the output folder there ({e.strerror or e})") from e
 
 
+positive_float = number_in(0, above=True)   # an argparse type: a finite number > 0
+
+
 def path_text(text):
     """An argparse type for a file or folder: any text but the empty one (which would mean the current folder)."""
     import argparse
@@ -1104,18 +1108,6 @@ def int_at_least(low):
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {v}")
         return v
     return parse
-
-
-def positive_float(text):
-    """An argparse type: a number > 0, else a usage error saying so."""
-    import argparse
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}")
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return v
 
 
 def run_command(parser, argv=None):

@@ -169,12 +169,12 @@ def build_parser():
     p.add_argument("--lam-adv", type=fp.number_in(0), default=None, help="override the preset's lambda_adv")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="sgd: the paper's plain SGD; adam: Adam (default: by preset, paper sgd, the others adam)")
-    p.add_argument("--lr-g", type=fp.number_in(0, above=True), nargs=2, default=None, metavar=("START", "END"),
+    p.add_argument("--lr-g", type=fp.positive_float, nargs=2, default=None, metavar=("START", "END"),
                    help="rho_G, lowered geometrically from START to END over the run (default: sgd "
                         f"{_rates_text(LEARNING_RATES['sgd']['lr_g'])} as in the paper; adam "
                         f"{_rates_text(LEARNING_RATES['adam']['lr_g'])}, in the small preset "
                         f"{_rates_text(PRESETS['small']['lr_g'])})")
-    p.add_argument("--lr-d", type=fp.number_in(0, above=True), default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
+    p.add_argument("--lr-d", type=fp.positive_float, default=None, help="rho_D (default: sgd 0.02 as in the paper, adam 1e-3)")
     p.add_argument("--ema", type=fp.number_in(0, 1, below=True), default=None, metavar="BETA",
                    help="with Adam, also keep G's weights averaged over its steps, avg <- b avg + (1 - b) W after "
                         "step t with b = min(BETA, (1 + t) / (10 + t)) (Adam's temporal averaging, Kingma & Ba "
@@ -203,7 +203,7 @@ def build_parser():
     p.add_argument("--eval-every", type=natural, default=200,
                    help="steps between held-out evaluations and sample grids (default: %(default)s)")
     p.add_argument("--ckpt-every", type=natural, default=200, help="steps between checkpoints (default: %(default)s)")
-    p.add_argument("--ckpt-minutes", type=float, default=1.0, metavar="M",
+    p.add_argument("--ckpt-minutes", type=fp.number_in(0), default=1.0, metavar="M",
                    help="skip a checkpoint while the last one is younger than M minutes: at Table 1's widths a "
                         "checkpoint with Adam's state is 380 MiB, and a GPU makes 200 steps in 13 s (the end, "
                         "Ctrl-C and SIGTERM always write one) (default: %(default)s)")
