@@ -237,7 +237,11 @@ def parse_args(argv=None):
 
 
 class RunError(Exception):
-    """A problem the user can fix; printed without a traceback."""
+    """A problem the user can fix; printed without a traceback (exit status 1)."""
+
+
+class UsageError(RunError):
+    """Flags that do not go together (e.g. --steps and --minutes): a bad command line, exit status 2."""
 
 
 # ----------------------------------------------------------------------------- set-up
@@ -289,7 +293,7 @@ def resolve_training_flags(args, preset):
     if args.ema is None:
         args.ema = spec.get("ema", 0.0) if args.optimizer == "adam" else 0.0
     if args.ema and args.optimizer != "adam":
-        raise RunError("--ema averages G's weights in Adam's state (Kingma & Ba section 7.2): it needs --optimizer adam")
+        raise UsageError("--ema averages G's weights in Adam's state (Kingma & Ba section 7.2): it needs --optimizer adam")
     if not 0 <= args.ema < 1:
         raise RunError(f"--ema {args.ema:g}: BETA must be in [0, 1) (0.998 averages about the last 500 steps)")
     if args.d_in_warmup is None:
@@ -317,7 +321,7 @@ def default_length(preset, steps=None, minutes=None):
     """The run's length as (steps, minutes), one of them None: --steps, else --minutes (the steps
     are then fitted before the run, fit_steps), else the preset's."""
     if steps is not None and minutes is not None:
-        raise RunError("--steps and --minutes both set the run's length: give one of them")
+        raise UsageError("--steps and --minutes both set the run's length: give one of them")
     if steps is None and minutes is None:
         spec = PRESETS[preset]
         steps, minutes = spec.get("steps"), spec.get("minutes")
@@ -470,7 +474,7 @@ def resume_run(args, given=frozenset()):
                        f"to train it further give the new total with --steps, not --minutes")
     clash = [flag_name(d) for d in NOT_WITH_RESUME if d in given]
     if clash:
-        raise RunError(f"{', '.join(clash)} cannot be combined with --resume, which continues the run in its own "
+        raise UsageError(f"{', '.join(clash)} cannot be combined with --resume, which continues the run in its own "
                        f"folder ({folder}); start a new run from its weights with --init {folder} instead")
     saved = state["args"]
     for flag, old_default in (("optimizer", "sgd"), ("init_last", "torch"), ("warmup", 0), ("val", False),
@@ -486,7 +490,7 @@ def resume_run(args, given=frozenset()):
         if not _same(mine, theirs):
             differ.append(f"{flag_name(dest, mine)} {_show(mine)} (the run has {_show(theirs)})")
     if differ:
-        raise RunError(f"--resume {args.resume}: a resumed run keeps the flags it was started with, and "
+        raise UsageError(f"--resume {args.resume}: a resumed run keeps the flags it was started with, and "
                        f"{'; '.join(differ)} differ{'s' * (len(differ) == 1)}. To train with other flags, start a "
                        f"new run from its weights: --init {folder} --out NEW_FOLDER")
     start, total = state["step"], saved["steps"]
@@ -743,9 +747,9 @@ def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
     if not args.processes or dropped_on_gpu:
         return data_parallel.auto_processes(ops, config, batch_sizes)
     if args.processes > 1 and ops.name == "gpu":
-        raise RunError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
+        raise UsageError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
     if args.processes > min(batch_sizes):
-        raise RunError(f"--processes {args.processes}: each process needs a sample of every minibatch, "
+        raise UsageError(f"--processes {args.processes}: each process needs a sample of every minibatch, "
                        f"and the smallest has {min(batch_sizes)}")
     return args.processes
 
@@ -788,7 +792,7 @@ def run(args, given=frozenset()):
     """Train (or time, --bench) as the flags say; returns the exit status. RunError for a problem
     the user can fix. `given`: the flags written on the command line (given_flags)."""
     if args.val and args.data:
-        raise RunError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
+        raise UsageError("--val is for the synthetic videos; with --data, hold out videos with --split-list")
     old_files = [] if args.resume or args.bench else check_run_folder(args.out, args.force)
     try:
         ops = load_backend(args.device)
@@ -1012,7 +1016,7 @@ def main(argv=None):
             return run(args, given_flags(parser, argv))
         except (RunError, data.DataError) as e:
             print(f"error: {e}", file=sys.stderr)
-            return 1
+            return 2 if isinstance(e, UsageError) else 1
         except MemoryError as e:
             print(f"error: out of memory ({e}): ask for less (a smaller --patch, --batch, --width or "
                   f"--eval-clips)", file=sys.stderr)

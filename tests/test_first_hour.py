@@ -159,12 +159,12 @@ def test_resume_refuses_a_changed_flag_and_says_what_it_applies(trained, tmp_pat
     import shutil
     run = str(shutil.copytree(trained, tmp_path / "run"))
     before = open(os.path.join(run, "checkpoint.npz"), "rb").read()
-    assert train_min.main(["--resume", run, "--steps", "4", "--loss", "adv_gdl", "--lr-g", "1e-3", "5e-5"]) == 1
+    assert train_min.main(["--resume", run, "--steps", "4", "--loss", "adv_gdl", "--lr-g", "1e-3", "5e-5"]) == 2
     err = capsys.readouterr().err
     assert "a resumed run keeps the flags it was started with" in err
     assert "--loss adv_gdl (the run has gdl_l1)" in err and "--lr-g 0.001 5e-05 (the run has 0.0005 0.0003)" in err
     assert f"--init {run} --out NEW_FOLDER" in err
-    assert train_min.main(["--resume", run, "--out", str(tmp_path / "other")]) == 1
+    assert train_min.main(["--resume", run, "--out", str(tmp_path / "other")]) == 2
     assert "--out cannot be combined with --resume" in capsys.readouterr().err
     assert open(os.path.join(run, "checkpoint.npz"), "rb").read() == before
     # the same values as the run's are fine; --steps and --log-every apply and are named
