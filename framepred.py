@@ -930,11 +930,12 @@ def pad_to_multiple(x, multiple=8):
     return np.pad(x, width, mode="edge"), pads
 
 
-def predict_frames(ops, params, config, history, count, memory=DEFAULT_TILE_MEMORY):
+def predict_frames(ops, params, config, history, count, memory=DEFAULT_TILE_MEMORY, progress=None):
     """The next ``count`` frames after history (T >= m, 3, H, W) on [-1, 1], any H and W:
     float32 (count, 3, H, W). Each pass of G sees the newest m frames (padded, see
     pad_to_multiple) and gives n frames (cropped back), which become the newest frames. G runs in
-    tiles whose memory is bounded by ``memory`` bytes (predict_tiled), whatever the frame size."""
+    tiles whose memory is bounded by ``memory`` bytes (predict_tiled), whatever the frame size.
+    progress(done, count), when given, is called after each pass."""
     m, n = config["m"], config["n"]
     if len(history) < m:
         raise PredictError(f"{len(history)} frames given, the model needs m = {m}")
@@ -947,6 +948,8 @@ def predict_frames(ops, params, config, history, count, memory=DEFAULT_TILE_MEMO
         new = list(Y.reshape(n, 3, h, w))
         out += new
         frames += new
+        if progress:
+            progress(min(len(out), count), count)
     return np.stack(out[:count])
 
 
@@ -997,7 +1000,9 @@ def predict(args):
         print(f"G runs on {len(tiles)} tile{'s' * (len(tiles) != 1)} of at most "
               f"{max(x1 - x0 for (_, _, x0, x1), _ in tiles)}x{max(y1 - y0 for (y0, y1, _, _), _ in tiles)} "
               f"px (--memory {args.memory:g} MiB; overlap {tile_margin(config)} px, G's receptive field)")
-        preds = predict_frames(ops, params, config, history, args.frames, memory)
+        def progress(done, count):   # one line, rewritten after each pass of G
+            print(f"\rpredicted {done}/{count} frames", end="\n" if done == count else "", file=sys.stderr, flush=True)
+        preds = predict_frames(ops, params, config, history, args.frames, memory, progress=progress)
         make_output_folder(args.out, PredictError)
         paths = []
         for i, p in enumerate(preds, 1):

@@ -293,6 +293,7 @@ def test_predict_video_pads_and_writes_full_frames(ckpts, odd_video, tmp_path, c
     assert rc == 0, captured.err
     assert "padded" in captured.out and "48x40" in captured.out
     assert "top +2, bottom +2, left +2, right +2" in captured.out
+    assert captured.err.split("\r")[1:] == ["predicted 1/3 frames", "predicted 2/3 frames", "predicted 3/3 frames\n"]
     assert sorted(os.listdir(out)) == ["pred_1.png", "pred_2.png", "pred_3.png", "predictions.gif"]
     for i in range(1, 4):
         with Image.open(os.path.join(out, f"pred_{i}.png")) as im:
