@@ -408,6 +408,7 @@ class SyntheticVideos:
         if not (0 < h <= S and 0 < w <= S):
             raise DataError(f"test clip size {size} does not fit in the {S}x{S} synthetic frames")
         stream = 1 if split == "test" else 2
+        _check_clips_fit(int(count), int(length), (h, w), "fewer clips (metrics.py evaluate --clips, train_min.py --eval-clips)")
         clips = [center_crop(self.render(length, (stream, i)), h, w) for i in range(int(count))]
         return np.stack(clips) if clips else np.zeros((0, int(length), 3, h, w), np.float32)
 
@@ -706,13 +707,18 @@ class VideoFolder:
             if path not in training:
                 self._cache.pop(path, None)
         crop = crop_size(min_hw, max_side)
-        need_mib, available = len(clips) * length * 3 * crop[0] * crop[1] * 4 / 2 ** 20, available_mib()
-        if available is not None and need_mib > available:
-            raise DataError(f"{len(clips)} held-out clips of {length} frames of {crop[1]}x{crop[0]} take "
-                            f"{need_mib / 1024:.1f} GiB as float32, more than the {available / 1024:.1f} GiB "
-                            f"available: score a centre crop (metrics.py evaluate --size H W) or fewer clips (--clips)")
+        _check_clips_fit(len(clips), length, crop, "a centre crop (metrics.py evaluate --size H W) or fewer clips (--clips)")
         clips = [center_crop(center_crop(c.transpose(0, 3, 1, 2), *min_hw), *crop) for c in clips]
         return to_unit(np.stack(clips))  # one float32 copy
+
+
+def _check_clips_fit(count, length, hw, remedy):
+    """DataError, before they are made, when count held-out clips of length frames of hw = (H, W)
+    would take more than the memory available as float32; remedy: what to score instead."""
+    need_mib, available = count * length * 3 * hw[0] * hw[1] * 4 / 2 ** 20, available_mib()
+    if available is not None and need_mib > available:
+        raise DataError(f"{count} held-out clips of {length} frames of {hw[1]}x{hw[0]} take {need_mib / 1024:.1f} GiB "
+                        f"as float32, more than the {available / 1024:.1f} GiB available: score {remedy}")
 
 
 def pan_clip(frame, length, patch, rng, zoom=1):

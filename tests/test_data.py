@@ -712,6 +712,15 @@ def test_folder_test_clips_too_big_for_memory_ask_for_a_crop(ucf, monkeypatch):
     assert src.test_clips(1, 5).shape[:2] == (1, 5)
 
 
+def test_synthetic_test_clips_too_many_for_memory_say_so_before_rendering(monkeypatch):
+    """metrics.py evaluate --clips 100000000 once rendered clips until memory ran out."""
+    monkeypatch.setattr(data, "available_mib", lambda: 1000.0)
+    with pytest.raises(DataError, match=r"100000000 held-out clips of 5 frames of 64x64 take 22888.2 GiB as float32, "
+                                        r"more than the 1.0 GiB available: score fewer clips"):
+        SyntheticVideos(0).test_clips(100_000_000, 5)
+    assert SyntheticVideos(0).test_clips(2, 5).shape == (2, 5, 3, 64, 64)
+
+
 def test_data_read_frames_a_sound_file_says_it_has_no_picture(tmp_path):
     sound = tmp_path / "song.mp4"
     ffmpeg("-f", "lavfi", "-i", "sine=duration=1", sound)
