@@ -101,6 +101,14 @@ def _rates_text(pair):
     return " ".join(f"{rate:g}" for rate in pair)
 
 
+def eval_side(text):
+    """An argparse type for --eval-size: 0 (whole frames) or a multiple of 8 (G's four scales)."""
+    side = fp.int_at_least(0)(text)
+    if side % 8:
+        raise argparse.ArgumentTypeError(f"must be 0 (whole frames) or a multiple of 8, got {side}")
+    return side
+
+
 def build_parser():
     """The command line; each integer is checked here (e.g. --steps 0 is a usage error, exit status 2)."""
     count, natural = fp.int_at_least(0), fp.int_at_least(1)
@@ -209,7 +217,7 @@ def build_parser():
                         "Ctrl-C and SIGTERM always write one) (default: %(default)s)")
     p.add_argument("--eval-clips", type=natural, default=32,
                    help="held-out clips per evaluation (default: %(default)s)")
-    p.add_argument("--eval-size", type=count, default=EVAL_SIDE, metavar="SIDE",
+    p.add_argument("--eval-size", type=eval_side, default=EVAL_SIDE, metavar="SIDE",
                    help="the evaluations during training score the centre SIDE x SIDE of larger held-out "
                         "frames, so that scoring stays a small part of the run (0: whole frames; "
                         "`python metrics.py evaluate` scores whole frames; default: %(default)s)")

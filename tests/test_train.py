@@ -242,6 +242,7 @@ def test_train_bad_input_message(tmp_path, capsys, extra, message, status):
     (["--data", ""], "--data: an empty path"),                          # would have meant the current folder
     (["--init", " "], "--init: an empty path"),
     (["--out", ""], "--out: an empty path"),                            # the run once went to the current folder
+    (["--eval-size", "7"], "--eval-size: must be 0 (whole frames) or a multiple of 8, got 7"),   # once rounded silently
 ])
 def test_train_bad_number_or_empty_path_is_a_usage_error(tmp_path, capsys, extra, message):
     """Flags with a range are checked as the command line is read: exit status 2, the flag named."""
