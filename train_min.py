@@ -109,6 +109,22 @@ def eval_side(text):
     return side
 
 
+def patch_side(text):
+    """An argparse type for --patch: a multiple of 8 (G's four scales, s/8 .. s), at least 8."""
+    side = fp.int_at_least(8)(text)
+    if side % 8:
+        raise argparse.ArgumentTypeError(f"must divide by 8 (four scales, s/8 .. s), got {side}")
+    return side
+
+
+def seed_value(text):
+    """An argparse type for --seed: an integer in [0, 2**32), one 32-bit word (data.SyntheticVideos keys its clips by it)."""
+    seed = fp.int_at_least(0)(text)
+    if seed >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {seed}")
+    return seed
+
+
 def build_parser():
     """The command line; each integer is checked here (e.g. --steps 0 is a usage error, exit status 2)."""
     count, natural = fp.int_at_least(0), fp.int_at_least(1)
@@ -158,7 +174,7 @@ def build_parser():
                         f"{PRESETS['small']['minutes']:g})")
     p.add_argument("--batch", type=natural, default=None,
                    help="minibatch (default: 8 with the adversarial loss, else 4)")
-    p.add_argument("--patch", type=fp.int_at_least(8), default=32,
+    p.add_argument("--patch", type=patch_side, default=32,
                    help="training patch side, a multiple of 8, >= 32 for D (default: %(default)s)")
     p.add_argument("--m", type=natural, default=4, help="input frames (default: %(default)s)")
     p.add_argument("--n", type=natural, default=1, help="predicted frames (default: %(default)s)")
@@ -166,7 +182,7 @@ def build_parser():
     p.add_argument("--width", type=fp.number_in(0, 8, above=True), default=None, help="feature-map multiplier (default: by preset)")
     p.add_argument("--d-width", type=fp.number_in(0, 8, above=True), default=None,
                    help="D's feature-map multiplier when it differs from G's (default: by preset)")
-    p.add_argument("--seed", type=count, default=0,
+    p.add_argument("--seed", type=seed_value, default=0,
                    help="seeds the initial weights and the draw of training samples; with the synthetic videos "
                         "also which videos are made, the held-out clips included (metrics.py evaluate scores "
                         "seed 0's) (default: %(default)s)")

@@ -99,7 +99,7 @@ def test_train_scores_the_centre_of_large_held_out_frames(tmp_path, capsys):
     copying baseline's PSNR in eval.jsonl is that of the crop, not of the whole frame)."""
     import metrics
     videos = write_video_folder(tmp_path / "videos")
-    code, out = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-size", "20", "--data", str(videos))
+    code, out = run_cli(tmp_path, "--loss", "l2", "--steps", "1", "--eval-size", "16", "--data", str(videos))
     assert code == 0
     clips = data.open_source(str(videos), subset="test").test_clips(2, 5)
     h, w = clips.shape[-2:]                     # the writer pads frames to its 16-pixel blocks
@@ -207,7 +207,6 @@ def test_train_non_finite_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("extra, message, status", [
     (["--data", "/no/such/folder"], "does not exist", 1),
-    (["--patch", "20"], "must divide by 8", 1),
     (["--patch", "16"], "too small for D", 1),
     (["--resume", "/no/such/run"], "checkpoint not found", 1),
     (["--init", "/no/such.npz"], "checkpoint not found", 1),
@@ -243,6 +242,8 @@ def test_train_bad_input_message(tmp_path, capsys, extra, message, status):
     (["--init", " "], "--init: an empty path"),
     (["--out", ""], "--out: an empty path"),                            # the run once went to the current folder
     (["--eval-size", "7"], "--eval-size: must be 0 (whole frames) or a multiple of 8, got 7"),   # once rounded silently
+    (["--patch", "20"], "--patch: must divide by 8 (four scales, s/8 .. s), got 20"),
+    (["--seed", "10000000000000"], "--seed: must be below 2**32, got 10000000000000"),
 ])
 def test_train_bad_number_or_empty_path_is_a_usage_error(tmp_path, capsys, extra, message):
     """Flags with a range are checked as the command line is read: exit status 2, the flag named."""
