@@ -404,6 +404,11 @@ def test_predict_and_evaluate_out_of_memory_and_bad_flags(ckpts, odd_video, tmp_
         with pytest.raises(SystemExit) as exit_:
             metrics.main(["evaluate", "--checkpoint", ckpts[0], "--clips", "2"] + flags)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    rc = metrics.main(["evaluate", "--checkpoint", ckpts[0], "--clips", "2", "--out", str(tmp_path / "a_file" / "x")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "is inside " in err and "which is a file; give a folder for the tables and figures" in err
+    assert "test set:" not in err                               # refused before the clips were made
 
 
 def test_predict_subprocess_exit_status(ckpts, tmp_path):
