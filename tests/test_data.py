@@ -339,10 +339,12 @@ def test_folder_min_motion_zero_keeps_still_patches(tmp_path):
 
 
 def _pan_velocity(clip):
-    """The integer (vy, vx), |vy|, |vx| <= 3, with clip[t + 1] = clip[t] moved by -v on the overlap
+    """The integer (vy, vx), |vy|, |vx| <= PAN_SPEED, with clip[t + 1] = clip[t] moved by -v on the overlap
     for every t ((0, 0) first: a still clip); else None."""
     P = clip.shape[-1]
-    for vy, vx in sorted(((vy, vx) for vy in range(-3, 4) for vx in range(-3, 4)), key=lambda v: v != (0, 0)):
+    top = data.PAN_SPEED
+    for vy, vx in sorted(((vy, vx) for vy in range(-top, top + 1) for vx in range(-top, top + 1)),
+                         key=lambda v: v != (0, 0)):
         a = clip[1:, :, max(0, -vy):P - max(0, vy), max(0, -vx):P - max(0, vx)]
         b = clip[:-1, :, max(0, vy):P - max(0, -vy), max(0, vx):P - max(0, -vx)]
         if np.array_equal(a, b):
@@ -357,7 +359,7 @@ def test_data_pan_clip_moves_one_frame_at_one_velocity():
         clip = data.pan_clip(frame, 5, 16, np.random.default_rng(seed))
         assert clip.shape == (5, 3, 16, 16) and clip.dtype == np.float32
         v = _pan_velocity(clip)
-        assert v is not None and v != (0, 0) and max(map(abs, v)) <= 3
+        assert v is not None and v != (0, 0) and max(map(abs, v)) <= data.PAN_SPEED
         seen.add(v)
         assert np.array_equal(clip, data.pan_clip(frame, 5, 16, np.random.default_rng(seed)))
     assert len(seen) > 5  # velocities vary
@@ -371,21 +373,21 @@ def test_data_pan_clip_moves_one_frame_at_one_velocity():
 def test_data_pan_clip_zoom_moves_fractions_of_a_pixel(zoom):
     """zoom z averages z x z pixels of a window moving by whole pixels: on a ramp that rises by one
     grey level per pixel across the frame, a frame of the patch differs from the next by the
-    velocity in 1/z pixels, the same everywhere, at most 3 px."""
+    velocity in 1/z pixels, the same everywhere, at most PAN_SPEED px."""
     ramp = np.broadcast_to(np.arange(200, dtype=np.uint8)[None, :, None], (120, 200, 3))
     fractions = set()
     for seed in range(24):
         clip = data.pan_clip(ramp, 4, 16, np.random.default_rng(seed), zoom=zoom)
         assert clip.shape == (4, 3, 16, 16)
         step = (clip[1:] - clip[:-1]) * 127.5  # grey levels = full-resolution pixels moved
-        assert np.allclose(step, step.flat[0], atol=1e-3) and abs(step.flat[0]) <= 3 * zoom
+        assert np.allclose(step, step.flat[0], atol=1e-3) and abs(step.flat[0]) <= data.PAN_SPEED * zoom + 1e-3
         fractions.add(int(round(step.flat[0])) % zoom)
     assert fractions == set(range(zoom))  # every fraction of a pixel of the patch is seen
 
 
 def test_folder_pans_fraction(tmp_path):
     """sample(): a fraction ``pans`` of the clips are camera pans; where the 40x48 frames hold twice
-    the patch (16, not 24) but not four times, half of those move at 0, 0.5, ..., 3 px per frame on
+    the patch (16, not 24) but not four times, half of those move by multiples of 0.5 px per frame on
     each axis, which is not a whole-pixel shift unless both speeds are whole (about 30% of them)."""
     write_frame_folder(tmp_path / "v" / "clip", moving_square(T=12, H=40, W=48, seed=7))
 
