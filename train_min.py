@@ -101,20 +101,15 @@ def _rates_text(pair):
     return " ".join(f"{rate:g}" for rate in pair)
 
 
-def eval_side(text):
-    """An argparse type for --eval-size: 0 (whole frames) or a multiple of 8 (G's four scales)."""
-    side = fp.int_at_least(0)(text)
-    if side % 8:
-        raise argparse.ArgumentTypeError(f"must be 0 (whole frames) or a multiple of 8, got {side}")
-    return side
-
-
-def patch_side(text):
-    """An argparse type for --patch: a multiple of 8 (G's four scales, s/8 .. s), at least 8."""
-    side = fp.int_at_least(8)(text)
-    if side % 8:
-        raise argparse.ArgumentTypeError(f"must divide by 8 (four scales, s/8 .. s), got {side}")
-    return side
+def multiple_of_8(low, rule):
+    """An argparse type: an integer >= low that divides by 8 (G's four scales), else a usage error
+    "must {rule}, got N"."""
+    def parse(text):
+        side = fp.int_at_least(low)(text)
+        if side % 8:
+            raise argparse.ArgumentTypeError(f"must {rule}, got {side}")
+        return side
+    return parse
 
 
 def seed_value(text):
@@ -174,7 +169,7 @@ def build_parser():
                         f"{PRESETS['small']['minutes']:g})")
     p.add_argument("--batch", type=natural, default=None,
                    help="minibatch (default: 8 with the adversarial loss, else 4)")
-    p.add_argument("--patch", type=patch_side, default=32,
+    p.add_argument("--patch", type=multiple_of_8(8, "divide by 8 (four scales, s/8 .. s)"), default=32,
                    help="training patch side, a multiple of 8, >= 32 for D (default: %(default)s)")
     p.add_argument("--m", type=natural, default=4, help="input frames (default: %(default)s)")
     p.add_argument("--n", type=natural, default=1, help="predicted frames (default: %(default)s)")
@@ -233,7 +228,7 @@ def build_parser():
                         "Ctrl-C and SIGTERM always write one) (default: %(default)s)")
     p.add_argument("--eval-clips", type=natural, default=32,
                    help="held-out clips per evaluation (default: %(default)s)")
-    p.add_argument("--eval-size", type=eval_side, default=EVAL_SIDE, metavar="SIDE",
+    p.add_argument("--eval-size", type=multiple_of_8(0, "be 0 (whole frames) or a multiple of 8"), default=EVAL_SIDE, metavar="SIDE",
                    help="the evaluations during training score the centre SIDE x SIDE of larger held-out "
                         "frames, so that scoring stays a small part of the run (0: whole frames; "
                         "`python metrics.py evaluate` scores whole frames; default: %(default)s)")
@@ -318,8 +313,6 @@ def resolve_training_flags(args, preset):
         args.ema = spec.get("ema", 0.0) if args.optimizer == "adam" else 0.0
     if args.ema and args.optimizer != "adam":
         raise UsageError("--ema averages G's weights in Adam's state (Kingma & Ba section 7.2): it needs --optimizer adam")
-    if not 0 <= args.ema < 1:
-        raise RunError(f"--ema {args.ema:g}: BETA must be in [0, 1) (0.998 averages about the last 500 steps)")
     if args.d_in_warmup is None:
         args.d_in_warmup = spec.get("d_in_warmup", False)
 
@@ -774,7 +767,7 @@ def choose_processes(args, ops, config, batch_sizes, given=frozenset()):
         raise UsageError(f"--processes {args.processes}: worker processes are for the CPU; a GPU trains in one process")
     if args.processes > min(batch_sizes):
         raise UsageError(f"--processes {args.processes}: each process needs a sample of every minibatch, "
-                       f"and the smallest has {min(batch_sizes)}")
+                         f"and the smallest has {min(batch_sizes)}")
     return args.processes
 
 
